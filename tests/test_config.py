@@ -1,0 +1,145 @@
+"""Config loading, overrides and one-line errors (exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tsearch.config import (
+    Config,
+    apply_overrides,
+    load_config,
+    load_resolved,
+    save_resolved,
+    validate_config,
+)
+from tsearch.errors import ConfigError
+from tsearch.timesteps import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_yaml_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"total_kimg": 3}, "data": {"resolution": 8}}))
+    cfg = load_config(path, ["train.batch_size=16", "model.channels=[8, 16]",
+                             "model.attention=[false, true]", "timesteps.sampler.params.k=5"])
+    assert cfg.train.total_kimg == 3.0 and cfg.train.batch_size == 16
+    assert cfg.model.channels == (8, 16) and cfg.model.attention == (False, True)
+    assert cfg.timesteps.sampler.params == {"k": 5}
+    assert cfg.data.name == "digits"
+
+
+def test_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.train.batch_size = 3  # type: ignore[misc]
+
+
+def test_resolved_round_trip(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.01", "diffusion.schedule=cosine"])
+    save_resolved(cfg, tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.01
+    assert load_resolved(tmp_path / "config.json") == cfg
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.total_kimg=-1", "train.total_kimg = -1"),
+        ("train.batch_size=abc", "train.batch_size = 'abc'"),
+        ("diffusion.schedule=sigmoid", "'linear', 'quad' or 'cosine'"),
+        ("train.bogus=1", "unknown key 'train.bogus'"),
+        ("bogus.x=1", "unknown key 'bogus'"),
+        ("data.resolution=10", "divisible by 4"),
+        ("timesteps.sampler.name=nope", "choose one of"),
+        ("timesteps.sampler.params.k=3", "timesteps.sampler.params.k"),
+        ("data.name=cifar10", "data.root is required"),
+        ("train", "KEY=VALUE"),
+    ],
+)
+def test_bad_values_give_one_line(override, needle):
+    with pytest.raises(ConfigError) as info:
+        check_config(load_config(None, [override]))
+    msg = str(info.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_lists_allowed_keys():
+    with pytest.raises(ConfigError, match="allowed keys: .*total_kimg"):
+        validate_config({"train": {"totl_kimg": 1}})
+
+
+def test_override_into_value_is_an_error():
+    with pytest.raises(ConfigError, match="is a value"):
+        apply_overrides({"train": {"batch_size": 4}}, ["train.batch_size.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+_FIELDS = ["train.total_kimg", "train.batch_size", "optim.lr", "optim.beta1", "eval.steps",
+           "data.resolution", "model.dropout", "diffusion.num_timesteps", "train.ema_decay",
+           "eval.num_images", "optim.grad_clip", "train.seed"]
+_values = st.one_of(
+    st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.booleans(), st.lists(st.integers(), max_size=3), st.none(),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(_FIELDS), value=_values)
+def test_fuzzed_values_either_validate_or_give_one_line(field, value):
+    """Whatever a user types, the result is a valid config or exactly one ConfigError line."""
+    raw = apply_overrides({}, [])
+    section, key = field.split(".")
+    raw[section] = {key: value}
+    try:
+        cfg = validate_config(raw)
+    except ConfigError as exc:
+        msg = str(exc)
+        assert msg.startswith("config error:") and "\n" not in msg
+        assert field in msg or "divisible" in msg or "exceeds" in msg
+    else:
+        assert isinstance(cfg, Config)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tsearch.cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_config_one_line_exit_2(tmp_path):
+    proc = _cli("train", str(ROOT / "experiments/smoke.yaml"), "--set", "optim.lr=-3",
+                cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "optim.lr = -3" in lines[0] and "Traceback" not in proc.stderr
+    missing = _cli("train", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_cli_dry_run_prints_resolved_config(tmp_path):
+    proc = _cli("train", str(ROOT / "experiments/smoke.yaml"), "--dry-run", "--set",
+                "train.total_kimg=7", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.split("# model:")[0]
+    printed = yaml.safe_load(text)
+    assert printed["train"]["total_kimg"] == 7.0
+    assert "M parameters" in proc.stdout
+    assert not (tmp_path / "tsearch-runs").exists()  # a dry run writes nothing

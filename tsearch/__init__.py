@@ -1,0 +1,1 @@
+"""tsearch: search for the best diffusion timestep sampler."""

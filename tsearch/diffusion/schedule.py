@@ -1,0 +1,186 @@
+"""Discrete DDPM noise schedules and every per-timestep quantity derived from them.
+
+One home per formula (STYLE.md): SNR, sigma, the VLB weight c_t, the posterior variance and the
+SpeeD process-increment rates are computed here, in float64, and nowhere else. t is 0-indexed,
+t in {0, ..., T-1}, as in the reference code (ALGORITHMS.md section 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SCHEDULES = ("linear", "quad", "cosine")
+
+
+def linear_betas(num_timesteps: int) -> np.ndarray:
+    """beta_t = linspace(1e-4, 0.02, T) (Ho et al. 2020).
+
+    For T != 1000 the endpoints are rescaled by 1000/T as improved-diffusion does, so that the
+    total noise added stays comparable.
+    """
+    scale = 1000.0 / num_timesteps
+    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+
+
+def quad_betas(num_timesteps: int) -> np.ndarray:
+    """beta_t = linspace(sqrt(1e-4), sqrt(0.02), T)^2: linear in sqrt(beta) (DDPM "quad").
+
+    Same as diffusers' "scaled_linear". Endpoints rescaled by 1000/T like ``linear_betas``.
+    """
+    scale = 1000.0 / num_timesteps
+    return np.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), num_timesteps) ** 2
+
+
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Nichol & Dhariwal 2021: beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999).
+
+    f(u) = cos^2(((u + s) / (1 + s)) * pi / 2) (improved-diffusion ``betas_for_alpha_bar``).
+    """
+
+    def f(u: np.ndarray) -> np.ndarray:
+        return np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    t = np.arange(num_timesteps, dtype=np.float64)
+    betas = 1.0 - f((t + 1) / num_timesteps) / f(t / num_timesteps)
+    return np.minimum(betas, max_beta)
+
+
+_BETAS = {"linear": linear_betas, "quad": quad_betas, "cosine": cosine_betas}
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """All per-timestep tables of one schedule, as float64 numpy arrays of length T.
+
+    Built with :meth:`NoiseSchedule.create`; use :meth:`tensor` to move a table to a device.
+    """
+
+    name: str
+    betas: np.ndarray
+    variance: str = "fixed_large"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls, name: str, num_timesteps: int = 1000, variance: str = "fixed_large"
+    ) -> NoiseSchedule:
+        if name not in _BETAS:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        if variance not in ("fixed_large", "fixed_small"):
+            raise ValueError(f"unknown variance {variance!r}; fixed_large or fixed_small")
+        return cls(name=name, betas=_BETAS[name](num_timesteps), variance=variance)
+
+    # --- basic tables -----------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.betas)
+
+    @property
+    def alphas(self) -> np.ndarray:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """abar_t = prod_{s<=t} alpha_s."""
+        return np.cumprod(self.alphas)
+
+    @property
+    def alphas_cumprod_prev(self) -> np.ndarray:
+        """abar_{t-1}, with abar_{-1} = 1."""
+        return np.append(1.0, self.alphas_cumprod[:-1])
+
+    @property
+    def snr(self) -> np.ndarray:
+        """SNR(t) = abar_t / (1 - abar_t)."""
+        ab = self.alphas_cumprod
+        return ab / (1.0 - ab)
+
+    @property
+    def log_snr(self) -> np.ndarray:
+        return np.log(self.snr)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """EDM-style noise level sigma_t = sqrt((1 - abar_t) / abar_t) = SNR^(-1/2)."""
+        return 1.0 / np.sqrt(self.snr)
+
+    # --- posterior and VLB ------------------------------------------------------------------
+    @property
+    def posterior_variance(self) -> np.ndarray:
+        """beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t); 0 at t = 0."""
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_variance_clipped(self) -> np.ndarray:
+        """beta~_t with beta~_0 := beta~_1, as improved-diffusion clips it for the log."""
+        pv = self.posterior_variance
+        return np.append(pv[1], pv[1:])
+
+    @property
+    def model_variance(self) -> np.ndarray:
+        """sigma_t^2 of p(x_{t-1} | x_t): beta_t (fixed-large) or clipped beta~_t (fixed-small)."""
+        if self.variance == "fixed_large":
+            return self.betas.copy()
+        return self.posterior_variance_clipped
+
+    @property
+    def vlb_weight(self) -> np.ndarray:
+        """c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)), nats per dim per unit eps-MSE.
+
+        The weight of the eps-MSE inside the VLB term L_{t-1} (Ho et al. 2020, eq. 12;
+        ALGORITHMS.md 0.2). c_0 = 1 / (2 alpha_0) for fixed-large.
+        """
+        b, a, ab = self.betas, self.alphas, self.alphas_cumprod
+        return b**2 / (2.0 * self.model_variance * a * (1.0 - ab))
+
+    @property
+    def vlb_constant(self) -> np.ndarray:
+        """The t-dependent constant of KL(q || p) per dim: 0.5 [log(s2/b~) + b~/s2 - 1].
+
+        Zero for fixed-small. beta~_0 = 0 is clipped to beta~_1 so the value stays finite.
+        """
+        s2, pv = self.model_variance, self.posterior_variance_clipped
+        return 0.5 * (np.log(s2 / pv) + pv / s2 - 1.0)
+
+    # --- SpeeD process increment (ALGORITHMS.md 2.0-2.2) ------------------------------------
+    @property
+    def increment_mean_rate(self) -> np.ndarray:
+        """d/dt sqrt(1 - abar_t) by central differences (np.gradient), as SpeeD computes it."""
+        return np.gradient(np.sqrt(1.0 - self.alphas_cumprod))
+
+    @property
+    def increment_variance_rate(self) -> np.ndarray:
+        """g_t = d/dt (1 - abar_t) by np.gradient: SpeeD's change-aware weighting input."""
+        return np.gradient(1.0 - self.alphas_cumprod)
+
+    def meaningful_steps(self, threshold: float = 1e-4) -> int:
+        """m = argmax_t [d/dt sqrt(1-abar_t) < threshold] + 1 (SpeeD's dual-sampling pivot).
+
+        642 for linear at T = 1000 with the default threshold.
+        """
+        below = self.increment_mean_rate < threshold
+        return int(np.argmax(below)) + 1
+
+    def increment_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean coefficient and variance of delta_t = x_{t+1} - x_t given x0 (length T-1).
+
+        delta_t | x0 ~ N((sqrt(alpha_{t+1}) - 1) sqrt(abar_t) x0,
+                         [(sqrt(alpha_{t+1}) - 1)^2 (1 - abar_t) + beta_{t+1}] I).
+        """
+        a_next = self.alphas[1:]
+        ab = self.alphas_cumprod[:-1]
+        coef = np.sqrt(a_next) - 1.0
+        return coef * np.sqrt(ab), coef**2 * (1.0 - ab) + self.betas[1:]
+
+    # --- torch access ----------------------------------------------------------------------
+    def tensor(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A table as a float32 tensor on ``device``, cached (used on the training hot path)."""
+        key = (name, str(device))
+        if key not in self._cache:
+            values = getattr(self, name)
+            self._cache[key] = torch.as_tensor(np.asarray(values), dtype=torch.float32).to(device)
+        return self._cache[key]

@@ -1,0 +1,33 @@
+"""Timestep samplers and loss weightings: the object of study (DESIGN.md section 3)."""
+
+from tsearch.timesteps.base import (
+    Draw,
+    LossWeighting,
+    Params,
+    ProbeResult,
+    ProbeSpec,
+    StepContext,
+    TimestepSampler,
+)
+from tsearch.timesteps.registry import (
+    SAMPLERS,
+    WEIGHTINGS,
+    build_sampler,
+    build_weighting,
+    check_config,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "WEIGHTINGS",
+    "Draw",
+    "LossWeighting",
+    "Params",
+    "ProbeResult",
+    "ProbeSpec",
+    "StepContext",
+    "TimestepSampler",
+    "build_sampler",
+    "build_weighting",
+    "check_config",
+]

@@ -1,0 +1,212 @@
+"""The timestep-sampler and loss-weighting contracts (DESIGN.md section 3).
+
+A :class:`TimestepSampler` decides which diffusion timesteps a training batch uses. It never sees
+the model, the optimizer or the data loader: the trainer measures and hands it read-only results
+through :meth:`~TimestepSampler.observe` (per-sample losses of every step) and the probe path
+(:meth:`~TimestepSampler.probe_request` / :meth:`~TimestepSampler.observe_probe`: look-ahead
+losses before and after the optimizer step, or per-sample gradient norms).
+
+Ancestor: improved-diffusion's ``ScheduleSampler`` (``sample`` returns ``(t, 1/(T p_t))`` for
+unbiased samplers; loss-aware samplers are fed *unweighted* losses). Unlike it, every sampler owns
+a seeded ``torch.Generator`` and can be checkpointed.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from tsearch.diffusion.schedule import NoiseSchedule
+
+
+class Params(BaseModel):
+    """Base of every plugin's hyperparameter model: typed, validated, no unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoParams(Params):
+    """For plugins without hyperparameters."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the trainer tells a sampler about the current step.
+
+    ``x0`` is the detached clean batch (on the training device) for x0-conditioned samplers;
+    samplers must not modify it.
+    """
+
+    step: int  # optimizer steps taken before this one
+    kimg: float  # training images seen so far / 1000
+    progress: float  # kimg / total_kimg, in [0, 1]
+    lr: float = 0.0
+    x0: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Timesteps for one batch and the factor each sample's loss is multiplied by.
+
+    ``importance_weight`` is 1/(T p_t) for unbiased samplers and ones for the samplers that change
+    the objective on purpose. ``aux`` carries sampler-private values (e.g. the Beta draws of the
+    adaptive sampler) back to ``observe``.
+    """
+
+    t: torch.Tensor  # int64 [n], values in [0, T)
+    importance_weight: torch.Tensor  # float32 [n], finite and > 0
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A sampler's request for measurements around this step's optimizer update.
+
+    The trainer evaluates, without gradients, the loss of row ``i`` at image
+    ``image_index[i]`` of the current batch and timestep ``t[i]``:
+
+    - ``kind="delta"``: once before the update and once after it (model weights, not EMA).
+      With ``common_noise`` the same noise is used both times (common random numbers);
+      otherwise each evaluation draws fresh noise (the reference code's behaviour).
+    - ``kind="grad_norm"``: the squared L2 norm of the gradient of each row's loss with respect
+      to the model parameters, at the current weights (before the update).
+
+    ``loss="vlb"`` is the VLB term in bits/dim, ``loss="mse"`` the plain per-sample eps-MSE.
+    """
+
+    t: torch.Tensor  # int64 [m]
+    image_index: torch.Tensor  # int64 [m], indices into the current batch
+    kind: Literal["delta", "grad_norm"] = "delta"
+    loss: Literal["vlb", "mse"] = "vlb"
+    common_noise: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Measurements for a :class:`ProbeSpec`; tensors are detached float32 on the CPU.
+
+    ``forwards`` counts the sample-forward-equivalents spent (a backward counts as two), so that
+    comparisons can be normalised by compute.
+    """
+
+    spec: ProbeSpec
+    before: torch.Tensor  # [m] loss at the current weights
+    after: torch.Tensor | None = None  # [m] loss after the update (kind="delta")
+    grad_sq_norm: torch.Tensor | None = None  # [m] (kind="grad_norm")
+    forwards: int = 0
+
+
+class TimestepSampler(ABC):
+    """Chooses the diffusion timesteps of each training batch.
+
+    Subclasses set ``name``, ``Params`` (a :class:`Params` model) and ``unbiased``, implement
+    :meth:`sample` and :meth:`probs`, and put any learned state into :meth:`state_dict`.
+    Contract:
+
+    - ``sample`` returns t in [0, T) and finite positive weights; it draws only from
+      ``self.generator``, so equal seeds give equal draws.
+    - An unbiased sampler's weights are 1/(T p_t) with p = ``probs()``, so that
+      E_t~p[w_t L_t] = mean_t L_t.
+    - ``observe`` / ``observe_probe`` must ignore non-finite values: a NaN loss never makes
+      ``probs()`` NaN.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = NoParams
+    unbiased: ClassVar[bool] = False
+
+    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
+        self.schedule = schedule
+        self.num_timesteps = schedule.num_timesteps
+        self.params = params if params is not None else self.Params()
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @abstractmethod
+    def sample(self, n: int, ctx: StepContext) -> Draw:
+        """Timesteps for a batch of ``n`` (on the CPU; the trainer moves them)."""
+
+    @abstractmethod
+    def probs(self) -> torch.Tensor:
+        """The current marginal p(t), float64 [T], summing to 1 (an estimate if implicit)."""
+
+    def observe(self, draw: Draw, losses: torch.Tensor, ctx: StepContext) -> None:  # noqa: B027
+        """Unweighted per-sample losses of the batch just drawn (detached, CPU, float32)."""
+
+    def probe_request(self, ctx: StepContext) -> ProbeSpec | None:
+        """Ask for measurements around this step's update, or None (the common case)."""
+        return None
+
+    def observe_probe(self, result: ProbeResult, ctx: StepContext) -> None:  # noqa: B027
+        """Receive what :meth:`probe_request` asked for, after the optimizer step and EMA."""
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars worth logging; the entropy of p(t) in nats by default."""
+        return {"sampler/entropy": entropy(self.probs())}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue with identical draws, generator state included."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    # --- helpers for subclasses -------------------------------------------------------------
+    def draw_from(self, p: torch.Tensor, n: int) -> Draw:
+        """Draw n timesteps from the categorical ``p``; importance weights if ``unbiased``."""
+        p = p.to(torch.float64)
+        t = torch.multinomial(p, n, replacement=True, generator=self.generator)
+        if self.unbiased:
+            w = 1.0 / (self.num_timesteps * p[t])
+            return Draw(t=t, importance_weight=w.to(torch.float32))
+        return Draw(t=t, importance_weight=torch.ones(n))
+
+
+class LossWeighting(ABC):
+    """A fixed per-timestep weight w[T] multiplied into the per-sample loss.
+
+    Built from the schedule and the network's prediction type (Min-SNR depends on it). Values
+    are finite and positive; the table is float64 numpy, :meth:`weights` indexes it on device.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = NoParams
+
+    def __init__(
+        self, schedule: NoiseSchedule, params: Params | None = None, prediction: str = "eps"
+    ):
+        self.schedule = schedule
+        self.params = params if params is not None else self.Params()
+        self.prediction = prediction
+        self._table = np.asarray(self.table(), dtype=np.float64)
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    @abstractmethod
+    def table(self) -> np.ndarray:
+        """The weight of every timestep, float64 [T]."""
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """w[t] on t's device, float32."""
+        key = str(t.device)
+        if key not in self._tensors:
+            self._tensors[key] = torch.as_tensor(self._table, dtype=torch.float32).to(t.device)
+        return self._tensors[key][t]
+
+    def summary(self) -> dict[str, float]:
+        w = self._table
+        return {"min": float(w.min()), "max": float(w.max()), "mean": float(w.mean())}
+
+
+def entropy(p: torch.Tensor) -> float:
+    """Shannon entropy in nats; log(T) for uniform."""
+    p = p.to(torch.float64).clamp_min(1e-300)
+    return float(-(p * p.log()).sum())
+
+
+def max_entropy(num_timesteps: int) -> float:
+    return math.log(num_timesteps)
