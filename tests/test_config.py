@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tsearch.config import (
     Config,
@@ -39,7 +40,7 @@ def test_defaults_and_yaml_overrides(tmp_path):
 
 def test_frozen():
     cfg = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.batch_size = 3  # type: ignore[misc]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 import yaml
@@ -21,9 +22,15 @@ app = typer.Typer(
     help="Search for the best diffusion timestep sampler (Ray Tune + Optuna + ASHA + MLflow).",
 )
 
-SetOption = typer.Option(
-    None, "--set", "-s", help="Override a config value: --set train.total_kimg=5 (repeatable)."
-)
+Overrides = Annotated[
+    Optional[list[str]],  # noqa: UP045 (typer needs Optional on Python 3.10)
+    typer.Option("--set", "-s", help="Override a config value: --set train.total_kimg=5 "
+                 "(repeatable)."),
+]
+ConfigArg = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Argument(help="Experiment YAML (e.g. experiments/smoke.yaml)."),
+]
 
 
 def _load(config: Path | None, overrides: list[str] | None):
@@ -37,12 +44,15 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 @app.command()
 def train(
-    config: Path = typer.Argument(None, help="Experiment YAML (e.g. experiments/smoke.yaml)."),
-    overrides: list[str] = SetOption,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
-    resume: Path = typer.Option(
-        None, "--resume", help="Continue a run from its directory's newest checkpoint."
-    ),
+    config: ConfigArg = None,
+    overrides: Overrides = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved config and exit.")
+    ] = False,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--resume", help="Continue a run from its directory's newest checkpoint."),
+    ] = None,
 ) -> None:
     """Train one model with one timestep sampler (no Ray needed)."""
     run_dir = None
@@ -77,10 +87,7 @@ def _print_dry_run(cfg) -> None:
 
 
 @app.command("fid-ref")
-def fid_ref(
-    config: Path = typer.Argument(None, help="Experiment YAML whose data/eval sections to use."),
-    overrides: list[str] = SetOption,
-) -> None:
+def fid_ref(config: ConfigArg = None, overrides: Overrides = None) -> None:
     """Precompute (and cache) the FID reference statistics of a dataset."""
     from tsearch.metrics import precompute_reference
 

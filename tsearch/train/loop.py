@@ -395,6 +395,7 @@ def train(
             result = evaluator(ema)
             fid_history.append((0.0, result["eval/fid"]))
             tracker.log_metrics(result, step=0)
+            _append_jsonl(metrics_file, {"images_seen": 0, **result})
             snapshot_pt(0.0)
         model.train()
         while images_seen < total_images and (max_steps is None or step < max_steps):

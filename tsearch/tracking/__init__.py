@@ -1,0 +1,61 @@
+"""Experiment tracking: the only package that imports MLflow, and only lazily.
+
+``import tsearch.tracking`` works without MLflow, so the trainer can depend on the
+:class:`Tracker` protocol and :class:`NullTracker`; MLflow is imported when an
+:class:`MlflowTracker` is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tsearch.config import TrackingConfig
+from tsearch.tracking.base import NullTracker, TimestepHistory, Tracker, flatten_params
+from tsearch.tracking.mlflow_tracker import (
+    MlflowTracker,
+    check_tracking_store,
+    ensure_experiment,
+    resolve_artifact_root,
+    resolve_tracking_uri,
+)
+
+__all__ = [
+    "MlflowTracker",
+    "NullTracker",
+    "TimestepHistory",
+    "Tracker",
+    "build_tracker",
+    "check_tracking_store",
+    "ensure_experiment",
+    "flatten_params",
+    "resolve_artifact_root",
+    "resolve_tracking_uri",
+]
+
+
+def build_tracker(
+    cfg: TrackingConfig,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    base_dir: Path | None = None,
+) -> Tracker:
+    """The tracker a run's config asks for; ``run_id`` re-opens that run instead of a new one.
+
+    ``run_name`` overrides ``cfg.run_name``; relative paths resolve against ``base_dir`` (default:
+    the current directory), which a Ray trial should set to the driver's directory.
+    """
+    if cfg.backend == "none":
+        return NullTracker()
+    return MlflowTracker(
+        cfg.uri,
+        experiment=cfg.experiment,
+        artifact_root=cfg.artifact_root,
+        run_name=run_name or cfg.run_name,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        run_id=run_id,
+        base_dir=base_dir,
+    )

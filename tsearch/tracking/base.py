@@ -1,0 +1,251 @@
+"""The experiment-tracking contract, with no MLflow import.
+
+The trainer talks to a :class:`Tracker` only, so it runs (and its tests run) with MLflow absent:
+:class:`NullTracker` does nothing durable but keeps what was logged in memory for inspection.
+``tsearch.tracking.mlflow_tracker`` implements the same protocol on an MLflow store.
+
+Conventions every implementation follows:
+
+- metric ``step`` is an int: the number of training images seen (``round(kimg * 1000)``), so runs
+  with different batch sizes share an x axis;
+- metric keys are slash-namespaced (``train/loss``, ``eval/fid``, ``sampler/entropy``);
+- non-finite metric values are logged as they are, so a divergence is visible in the run;
+- params are flattened to dotted keys and stringified (:func:`flatten_params`);
+- ``finish`` is idempotent; a run used as a context manager ends FAILED when an exception escapes,
+  with the exception's one-line message as the failure reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# MLflow's limits (mlflow/utils/validation.py); copied so this module never imports mlflow.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+FAILURE_REASON_TAG = "tsearch.failure_reason"
+FAILURE_ARTIFACT = "failure.txt"
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Where a run's params, metrics, artifacts and final status go."""
+
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested) params once; keys flattened with dots, values stringified and truncated."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer metric values at ``step`` (training images seen); NaN/inf are kept."""
+
+    def flush(self) -> None:
+        """Write buffered metrics now (e.g. before a checkpoint, so a crash loses nothing)."""
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """Store ``obj`` as a JSON artifact (numpy values and paths converted)."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as an artifact."""
+
+    def log_array(self, array: np.ndarray, artifact_file: str) -> None:
+        """Store ``array`` as a ``.npy`` artifact, loadable with ``np.load``."""
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file (or directory) into the run's artifacts under ``artifact_path``."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags (mutable metadata, unlike params)."""
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """End the run as FINISHED, FAILED or KILLED; ``reason`` is kept as tag and failure.txt."""
+
+    def __enter__(self) -> Tracker: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested mappings to ``{"a.b.c": "value"}``: MLflow params are flat strings.
+
+    Values are ``str()``-ed and truncated to MLflow's 6000-character limit so that one long value
+    (a list of channels, a path) cannot make the whole batch fail.
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_VALUE_LENGTH]
+    return flat
+
+
+def exception_reason(exc: BaseException) -> str:
+    """One line naming an exception: ``TsearchError`` text as is, else ``Type: first line``."""
+    from tsearch.errors import TsearchError
+
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if isinstance(exc, TsearchError) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def status_for_exception(exc_type: type[BaseException]) -> str:
+    """KILLED for an interrupt (Ctrl-C, SIGTERM-as-SystemExit), FAILED for everything else."""
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
+def check_status(status: str) -> str:
+    """Validate a terminal run status (a wrong value is a caller bug, hence ValueError)."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
+    return status
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``json.dumps`` default hook: numpy/torch scalars and arrays, paths, sets, pydantic models."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a JSON artifact")
+
+
+def dumps_json(obj: Any) -> str:
+    """JSON text of ``obj`` as stored in artifacts (NaN kept as ``NaN``, as Python reads it)."""
+    return json.dumps(obj, indent=2, default=to_jsonable) + "\n"
+
+
+class NullTracker:
+    """A tracker that writes nothing, for runs without MLflow and for tests.
+
+    Everything logged stays in memory: ``history[key]`` is a list of ``(step, value)``,
+    ``params``/``tags`` are flat string dicts, ``artifacts`` maps an artifact path to the logged
+    object (dict, text, array copy, or the local path given to ``log_artifact``).
+    """
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: dict[str, Any] = {}
+        self.status: str = "RUNNING"
+        self.reason: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(flatten_params(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append((int(step), float(value)))
+
+    def flush(self) -> None:
+        pass
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.artifacts[artifact_file] = json.loads(dumps_json(obj))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.artifacts[artifact_file] = str(text)
+
+    def log_array(self, array: np.ndarray, artifact_file: str) -> None:
+        self.artifacts[artifact_file] = np.array(array, copy=True)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        name = Path(local_path).name
+        self.artifacts[f"{artifact_path}/{name}" if artifact_path else name] = Path(local_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        check_status(status)
+        if self.status != "RUNNING":
+            return
+        if reason:
+            self.tags[FAILURE_REASON_TAG] = reason[:MAX_TAG_VALUE_LENGTH]
+            self.artifacts[FAILURE_ARTIFACT] = reason
+        self.status, self.reason = status, reason
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or exc_type is None:
+            self.finish("FINISHED")
+        else:
+            self.finish(status_for_exception(exc_type), exception_reason(exc))
+
+
+class TimestepHistory:
+    """Snapshots of a sampler's p(t) over training, for the heatmap and the ``.npy`` artifact.
+
+    The trainer appends ``sampler.probs()`` at every evaluation; ``matrix`` is
+    ``[n_snapshots, T]`` with rows in append order and ``kimgs`` the matching progress.
+    ``state_dict`` holds plain lists so it loads with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self) -> None:
+        self._kimgs: list[float] = []
+        self._rows: list[np.ndarray] = []
+
+    def append(self, kimg: float, probs: np.ndarray) -> None:
+        """Add the distribution ``probs`` ([T], e.g. a CPU tensor or array) seen at ``kimg``."""
+        row = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if self._rows and row.shape != self._rows[0].shape:
+            raise ValueError(
+                f"p(t) snapshot has {row.size} timesteps, earlier ones had {self._rows[0].size}"
+            )
+        if not math.isfinite(float(kimg)):
+            raise ValueError(f"kimg must be finite, got {kimg}")
+        self._kimgs.append(float(kimg))
+        self._rows.append(row.copy())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def kimgs(self) -> np.ndarray:
+        """Progress of each snapshot in kimg, shape [n_snapshots]."""
+        return np.asarray(self._kimgs, dtype=np.float64)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """All snapshots stacked, shape [n_snapshots, T] (``[0, 0]`` when empty)."""
+        if not self._rows:
+            return np.zeros((0, 0), dtype=np.float64)
+        return np.stack(self._rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kimgs": list(self._kimgs), "probs": [row.tolist() for row in self._rows]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._kimgs, self._rows = [], []
+        for kimg, row in zip(state["kimgs"], state["probs"], strict=True):
+            self.append(kimg, np.asarray(row))
