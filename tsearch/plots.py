@@ -192,3 +192,31 @@ def plot_timestep_profiles(
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "timestep distributions")
     return _save(fig, path)
+
+
+def plot_sampler_preview(
+    profiles: Mapping[str, np.ndarray],
+    weights: np.ndarray,
+    weighting: str,
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """What a configuration trains on: p(t) (one curve per training progress) above w(t)."""
+    fig = _new_figure(8.0, 6.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for label, p in profiles.items():
+        p = np.asarray(p, dtype=np.float64)
+        top.plot(np.arange(p.size), p * p.size, label=str(label))
+    top.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uniform")
+    top.set_ylabel(UNIFORM_LABEL)
+    top.legend(loc="best", fontsize="small")
+    top.grid(True, alpha=0.3)
+    top.set_title(title or "timestep sampling and loss weighting")
+    w = np.asarray(weights, dtype=np.float64)
+    bottom.plot(np.arange(w.size), w, color="tab:red")
+    if _wide_range(w, 100.0):
+        bottom.set_yscale("log")
+    bottom.set_ylabel(f"loss weight w(t): {weighting}")
+    bottom.set_xlabel("timestep t (0 = clean, T-1 = pure noise)")
+    bottom.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)

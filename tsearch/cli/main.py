@@ -96,6 +96,81 @@ def fid_ref(config: ConfigArg = None, overrides: Overrides = None) -> None:
     typer.echo(f"reference statistics: {stats.count} images -> {path}")
 
 
+timesteps_app = typer.Typer(no_args_is_help=True, help="Inspect timestep samplers and weightings.")
+app.add_typer(timesteps_app, name="timesteps")
+
+
+@timesteps_app.command("list")
+def timesteps_list() -> None:
+    """Registered samplers and weightings with their hyperparameters and defaults."""
+    from tsearch.timesteps import SAMPLERS, WEIGHTINGS
+
+    for title, registry in (("samplers", SAMPLERS), ("weightings", WEIGHTINGS)):
+        typer.echo(f"{title}:")
+        for name, cls in registry.items():
+            fields = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            typer.echo(f"  {name:<11} {doc}")
+            if fields:
+                typer.echo(f"  {'':<11} params: {fields}")
+
+
+@timesteps_app.command("show")
+def timesteps_show(
+    name: Annotated[str, typer.Argument(help="Sampler name (see `tsearch timesteps list`).")],
+    overrides: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--set", "-s", help="Sampler hyperparameter: --set k=5 (repeatable)."),
+    ] = None,
+    weighting: Annotated[str, typer.Option(help="Loss weighting name.")] = "none",
+    weighting_set: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--wset", help="Weighting hyperparameter: --wset lam=0.6 (repeatable)."),
+    ] = None,
+    schedule: Annotated[str, typer.Option(help="linear | quad | cosine")] = "linear",
+    num_timesteps: Annotated[int, typer.Option("--num-timesteps", "-T")] = 1000,
+    prediction: Annotated[str, typer.Option(help="eps | v | x0 (Min-SNR depends on it)")] = "eps",
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="PNG path (default: tsearch-runs/show-NAME.png)"),
+    ] = None,
+) -> None:
+    """Print a sampler's p(t) and a weighting's w(t), and plot them, before training."""
+    from tsearch import plots
+    from tsearch.config import load_config
+    from tsearch.diffusion.schedule import NoiseSchedule
+    from tsearch.timesteps import build_sampler, build_weighting, check_config
+    from tsearch.timesteps.preview import describe, profiles, weight_summary
+
+    sets = [f"timesteps.sampler.name={name}", f"timesteps.weighting.name={weighting}",
+            f"diffusion.schedule={schedule}", f"diffusion.num_timesteps={num_timesteps}",
+            f"diffusion.prediction={prediction}"]
+    sets += [f"timesteps.sampler.params.{kv}" for kv in overrides or []]
+    sets += [f"timesteps.weighting.params.{kv}" for kv in weighting_set or []]
+    cfg = load_config(None, sets)
+    check_config(cfg)
+    sched = NoiseSchedule.create(schedule, num_timesteps, cfg.diffusion.variance)
+    sampler = build_sampler(cfg.timesteps.sampler, sched, seed=0)
+    weights = build_weighting(cfg.timesteps.weighting, sched, prediction)
+    profs = profiles(sampler)
+    typer.echo(f"sampler {name} {cfg.timesteps.sampler.params or ''} on {schedule} "
+               f"(T={num_timesteps}), unbiased={sampler.unbiased}")
+    for label, p in profs.items():
+        d = describe(p)
+        quarters = " ".join(f"{d[f'mass_q{i}']:.3f}" for i in range(1, 5))
+        typer.echo(f"  {label:<13} entropy {d['entropy_nats']:.3f}/{d['max_entropy']:.3f} nats, "
+                   f"median t {d['median_t']:.0f}, p(t)*T in [{d['min_pT']:.3g}, "
+                   f"{d['max_pT']:.3g}], mass by quarter of t: {quarters}")
+    w = weight_summary(weights)
+    points = " ".join(f"{k}={v:.4g}" for k, v in w.items() if k.startswith("w["))
+    typer.echo(f"weighting {weighting}: min {w['min']:.4g}, max {w['max']:.4g}, "
+               f"mean {w['mean']:.4g}; {points}")
+    path = output or Path("tsearch-runs") / f"show-{name}-{weighting}.png"
+    plots.plot_sampler_preview(profs, weights.table(), weighting, path,
+                               title=f"{name} sampler, {weighting} weighting, {schedule} schedule")
+    typer.echo(f"plot: {path}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -9,6 +9,7 @@ from tsearch.timesteps.base import (
     StepContext,
     TimestepSampler,
 )
+from tsearch.timesteps.plan import TimestepPlan, from_config
 from tsearch.timesteps.registry import (
     SAMPLERS,
     WEIGHTINGS,
@@ -26,8 +27,10 @@ __all__ = [
     "ProbeResult",
     "ProbeSpec",
     "StepContext",
+    "TimestepPlan",
     "TimestepSampler",
     "build_sampler",
     "build_weighting",
     "check_config",
+    "from_config",
 ]

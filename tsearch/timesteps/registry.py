@@ -13,16 +13,38 @@ from pydantic import ValidationError
 from tsearch.config import ComponentConfig, Config, format_validation_error
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import ConfigError
+from tsearch.timesteps.adaptive import AdaptiveSampler
 from tsearch.timesteps.base import LossWeighting, Params, TimestepSampler
+from tsearch.timesteps.curriculum import CurriculumSampler
+from tsearch.timesteps.gradvar import GradVarSampler
+from tsearch.timesteps.importance import LossSecondMomentSampler
+from tsearch.timesteps.lognormal import LogNormalSampler
+from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.uniform import UniformSampler
-from tsearch.timesteps.weighting import NoWeighting
+from tsearch.timesteps.weighting import (
+    MinSNRWeighting,
+    NoWeighting,
+    P2Weighting,
+    SpeedWeighting,
+    VLBWeighting,
+)
 
 SAMPLERS: dict[str, type[TimestepSampler]] = {
     "uniform": UniformSampler,
+    "lsm": LossSecondMomentSampler,
+    "gradvar": GradVarSampler,
+    "lognormal": LogNormalSampler,
+    "speed": SpeedSampler,
+    "curriculum": CurriculumSampler,
+    "adaptive": AdaptiveSampler,
 }
 
 WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "none": NoWeighting,
+    "vlb": VLBWeighting,
+    "p2": P2Weighting,
+    "min_snr": MinSNRWeighting,
+    "speed": SpeedWeighting,
 }
 
 
@@ -63,11 +85,19 @@ def check_config(cfg: Config) -> None:
 
 def build_sampler(cfg: ComponentConfig, schedule: NoiseSchedule, seed: int) -> TimestepSampler:
     cls = _lookup("sampler", SAMPLERS, cfg.name)
-    return cls(schedule, sampler_params(cfg), seed)
+    params = sampler_params(cfg)
+    try:
+        return cls(schedule, params, seed)
+    except ValueError as exc:  # constraints that depend on the schedule (e.g. tau < T)
+        raise ConfigError(f"config error: timesteps.sampler.params: {exc}") from None
 
 
 def build_weighting(
     cfg: ComponentConfig, schedule: NoiseSchedule, prediction: str = "eps"
 ) -> LossWeighting:
     cls = _lookup("weighting", WEIGHTINGS, cfg.name)
-    return cls(schedule, weighting_params(cfg), prediction)
+    params = weighting_params(cfg)
+    try:
+        return cls(schedule, params, prediction)
+    except ValueError as exc:
+        raise ConfigError(f"config error: timesteps.weighting.params: {exc}") from None

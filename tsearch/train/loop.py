@@ -7,7 +7,6 @@ Never imports ray or mlflow: results leave through a ``Tracker`` and an ``on_rep
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import secrets
@@ -28,6 +27,7 @@ from tsearch.diffusion.loss import per_sample_mse, per_sample_vlb_bpd
 from tsearch.diffusion.model import build_model, count_parameters
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import CheckpointError, DivergenceError
+from tsearch.seeding import derive_seed
 from tsearch.timesteps import (
     ProbeResult,
     ProbeSpec,
@@ -44,12 +44,6 @@ from tsearch.train.optim import apply_schedule, build_optimizer, schedule_at
 from tsearch.train.progress import Progress
 
 ReportFn = Callable[[dict[str, float], Path], None]
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """Independent 63-bit seeds per purpose, so adding a generator never shifts another."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def select_device(choice: str) -> torch.device:
@@ -533,4 +527,4 @@ def previous_run_id(run_dir: str | Path) -> str | None:
         return None
 
 
-__all__ = ["TrainResult", "derive_seed", "previous_run_id", "resume_config_path", "train"]
+__all__ = ["TrainResult", "previous_run_id", "resume_config_path", "train"]

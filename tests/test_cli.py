@@ -1,0 +1,59 @@
+"""CLI commands beyond train: timesteps list/show and fid-ref."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tsearch.cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_timesteps_show_prints_and_plots(tmp_path):
+    out = tmp_path / "speed.png"
+    proc = cli("timesteps", "show", "speed", "--set", "k=5", "--set", "dual=false",
+               "--weighting", "speed", "--wset", "lam=0.8", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # k/(T + tau(k-1)) below tau: the last quarter only holds t >= 750 -> 250/3800.
+    assert "mass by quarter of t: " in proc.stdout
+    last_quarter = float(proc.stdout.split("mass by quarter of t: ")[1].split()[3])
+    assert abs(last_quarter - 250 / 3800) < 1e-3
+    assert "weighting speed: min 0.2" in proc.stdout  # lam = 0.8 -> [0.2, 0.8], 1 above tau
+    assert Image.open(out).size[0] > 300
+
+
+def test_timesteps_show_curriculum_shows_progress(tmp_path):
+    proc = cli("timesteps", "show", "curriculum", "-o", str(tmp_path / "c.png"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "progress 0 " in proc.stdout and "progress 1 " in proc.stdout
+
+
+def test_timesteps_show_bad_param_one_line(tmp_path):
+    proc = cli("timesteps", "show", "speed", "--set", "kk=5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "timesteps.sampler.params.kk" in proc.stderr and "speed accepts" in proc.stderr
+
+
+def test_timesteps_list_names_every_plugin(tmp_path):
+    proc = cli("timesteps", "list", cwd=tmp_path)
+    assert proc.returncode == 0
+    for name in ("uniform", "lsm", "gradvar", "lognormal", "speed", "curriculum", "adaptive",
+                 "none", "vlb", "p2", "min_snr"):
+        assert f"  {name} " in proc.stdout
+
+
+def test_fid_ref_writes_cache(tmp_path):
+    proc = cli("fid-ref", str(ROOT / "experiments" / "smoke.yaml"), "--set",
+               f"eval.cache_dir={tmp_path}/cache", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip().split("-> ")[1])
+    assert path.is_file() and path.suffix == ".npz"
+    assert "500 images" in proc.stdout  # smoke.yaml: eval.ref_images = 500

@@ -1,0 +1,391 @@
+"""Closed-form checks of every sampler and weighting against ALGORITHMS.md's formulas and values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tsearch.config import load_config
+from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule
+from tsearch.errors import ConfigError
+from tsearch.timesteps import (
+    SAMPLERS,
+    WEIGHTINGS,
+    Draw,
+    ProbeResult,
+    StepContext,
+    check_config,
+)
+from tsearch.timesteps.curriculum import CurriculumSampler
+from tsearch.timesteps.gradvar import GradVarSampler
+from tsearch.timesteps.importance import LossSecondMomentSampler, occurrence_rank
+from tsearch.timesteps.lognormal import LogNormalSampler
+from tsearch.timesteps.speed import SpeedSampler
+from tsearch.timesteps.weighting import (
+    MinSNRWeighting,
+    P2Weighting,
+    SpeedWeighting,
+    VLBWeighting,
+)
+
+LINEAR = NoiseSchedule.create("linear")
+
+
+def ctx(step: int = 0, progress: float = 0.0, n: int = 8) -> StepContext:
+    return StepContext(step=step, kimg=0.0, progress=progress, lr=1e-3,
+                       x0=torch.zeros(n, 1, 8, 8))
+
+
+# --- weightings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_weighting_tables_finite_positive(name, schedule, prediction):
+    s = NoiseSchedule.create(schedule)
+    w = WEIGHTINGS[name](s, WEIGHTINGS[name].Params(), prediction)
+    table = w.table()
+    assert table.shape == (1000,) and np.all(np.isfinite(table)) and np.all(table > 0)
+    t = torch.tensor([0, 500, 999])
+    assert w.weights(t).dtype == torch.float32
+    np.testing.assert_allclose(w.weights(t).numpy(), table[[0, 500, 999]], rtol=1e-6)
+
+
+def test_min_snr_forms():
+    snr = LINEAR.snr
+    for gamma in (1.0, 5.0):
+        clamp = np.minimum(snr, gamma)
+        eps = MinSNRWeighting(LINEAR, MinSNRWeighting.Params(gamma=gamma), "eps").table()
+        np.testing.assert_allclose(eps, clamp / snr, rtol=1e-12)
+        x0 = MinSNRWeighting(LINEAR, MinSNRWeighting.Params(gamma=gamma), "x0").table()
+        np.testing.assert_allclose(x0, clamp, rtol=1e-12)
+        v = MinSNRWeighting(LINEAR, MinSNRWeighting.Params(gamma=gamma), "v").table()
+        np.testing.assert_allclose(v, clamp / (snr + 1), rtol=1e-12)
+        # eps form: non-increasing in SNR, i.e. non-decreasing in t.
+        assert np.all(np.diff(eps) >= -1e-12)
+    eps = MinSNRWeighting(LINEAR).table()
+    assert eps[100] == pytest.approx(0.586, abs=1e-3)  # ALGORITHMS 4.2
+    assert int(np.argmax(eps >= 1.0)) == 130  # < 1 only for t < 130
+    cos = MinSNRWeighting(NoiseSchedule.create("cosine")).table()
+    assert int(np.argmax(cos >= 1.0)) == 261
+    # Not SpeeD's broken 5 / (SNR + 1).
+    assert not np.allclose(eps, 5.0 / (snr + 1))
+    with pytest.raises(ValueError, match="prediction"):
+        MinSNRWeighting(LINEAR, prediction="sample")
+
+
+def test_min_snr_is_one_where_snr_is_zero():
+    betas = LINEAR.betas.copy()
+    betas[-1] = 1.0  # zero terminal SNR
+    s = NoiseSchedule(name="zsnr", betas=betas)
+    assert s.snr[-1] == 0.0
+    for prediction in ("eps", "v", "x0"):
+        table = MinSNRWeighting(s, prediction=prediction).table()
+        assert table[-1] == 1.0 and np.all(np.isfinite(table))
+
+
+def test_p2_closed_form_and_values():
+    for gamma, k in ((1.0, 1.0), (0.5, 1.0), (1.0, 3.0)):
+        w = P2Weighting(LINEAR, P2Weighting.Params(gamma=gamma, k=k)).table()
+        np.testing.assert_allclose(w, 1.0 / (k + LINEAR.snr) ** gamma, rtol=1e-12)
+    w = P2Weighting(LINEAR).table()
+    assert w[0] == pytest.approx(1e-4, rel=0.01)
+    assert w[100] == pytest.approx(0.105, abs=1e-3)
+    assert w[250] == pytest.approx(0.479, abs=1e-3)
+    assert w[500] == pytest.approx(0.92, abs=5e-3)
+    assert np.all(w[750:] > 0.99)
+
+
+def test_vlb_weight_is_c_t():
+    for variance in ("fixed_large", "fixed_small"):
+        s = NoiseSchedule.create("linear", variance=variance)
+        b, a, ab = s.betas, 1 - s.betas, np.cumprod(1 - s.betas)
+        ab_prev = np.append(1.0, ab[:-1])
+        if variance == "fixed_large":
+            var = b
+        else:
+            var = b * (1 - ab_prev) / (1 - ab)
+            var[0] = var[1]
+        c = b**2 / (2 * var * a * (1 - ab))  # ALGORITHMS 0.2
+        raw = VLBWeighting(s, VLBWeighting.Params(normalize=False)).table()
+        np.testing.assert_allclose(raw, c, rtol=1e-10)
+        norm = VLBWeighting(s).table()
+        np.testing.assert_allclose(norm, c / c.mean(), rtol=1e-10)
+        assert norm.mean() == pytest.approx(1.0)
+    raw = VLBWeighting(LINEAR, VLBWeighting.Params(normalize=False)).table()
+    expected = {1: 0.273, 10: 0.068, 100: 0.0100, 250: 0.0053, 500: 0.0055, 750: 0.0077,
+                999: 0.0102}
+    for t, value in expected.items():
+        assert raw[t] == pytest.approx(value, rel=0.02), t
+    assert raw[0] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_speed_weighting():
+    w = SpeedWeighting(LINEAR).table()
+    assert np.all(w[:700] >= 0.4 - 1e-12) and np.all(w[:700] <= 0.6 + 1e-12)
+    assert np.all(w[700:] == 1.0)
+    assert w[0] == pytest.approx(0.409, abs=1e-3)
+    assert w[100] == pytest.approx(0.539, abs=1e-3)
+    assert w[300] == pytest.approx(0.577, abs=1e-3)
+    assert int(np.argmax(w[:700])) == 219 and w[219] == pytest.approx(0.6)
+    flat = SpeedWeighting(LINEAR, SpeedWeighting.Params(lam=0.5)).table()
+    np.testing.assert_allclose(flat[:700], 0.5)
+    # lam = 1 with no cut reaches min g: floored, still positive.
+    full = SpeedWeighting(LINEAR, SpeedWeighting.Params(lam=1.0, tau=1000)).table()
+    assert full.min() == pytest.approx(1e-4) and full.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="tau"):
+        SpeedWeighting(LINEAR, SpeedWeighting.Params(tau=1001))
+    with pytest.raises(ValidationError):
+        SpeedWeighting.Params(lam=0.4)
+
+
+# --- SpeeD sampling -------------------------------------------------------------------------
+
+
+def test_speed_base_probs_and_effective_marginal():
+    T, tau = 1000, 700
+    for k in (1.0, 2.0, 5.0):
+        s = SpeedSampler(LINEAR, SpeedSampler.Params(k=k))
+        p = s.base_probs()
+        np.testing.assert_allclose(p[:tau], k / (T + tau * (k - 1)), rtol=1e-12)
+        np.testing.assert_allclose(p[tau:], 1 / (T + tau * (k - 1)), rtol=1e-12)
+    assert s.pivot == 642
+    no_dual = SpeedSampler(LINEAR, SpeedSampler.Params(dual=False))
+    dual = SpeedSampler(LINEAR)
+    assert float(no_dual.probs()[tau:].sum()) == pytest.approx(0.079, abs=5e-4)
+    assert float(dual.probs()[tau:].sum()) == pytest.approx(0.039, abs=5e-4)  # large-n limit
+    k2 = SpeedSampler(LINEAR, SpeedSampler.Params(k=2.0))
+    assert float(k2.probs()[tau:].sum()) == pytest.approx(0.088, abs=5e-4)
+
+
+def test_speed_dual_draws_reflect_and_match_probs():
+    s = SpeedSampler(LINEAR, seed=3)
+    m, n = s.pivot, 256
+    h = n // 2 + 1
+    hits = 0
+    for step in range(60):
+        t = s.sample(n, ctx(step, n=n)).t
+        torch.testing.assert_close(t[h:], s.reflect(t[: n - h]))
+        assert int(t[h:].max()) <= m
+        hits += int((t >= 700).sum())
+    # probs() is the marginal for this n: (129/256) * 0.0789 of the batch lands at t >= 700.
+    expected = float(s.probs()[700:].sum())
+    assert expected == pytest.approx(0.0789 * h / n, abs=5e-4)
+    assert hits / (60 * n) == pytest.approx(expected, abs=0.006)
+    # n = 2: n//2 + 1 = 2 draws, nothing reflected.
+    s.sample(2, ctx(n=2))
+    torch.testing.assert_close(s.probs(), s.base_probs())
+
+
+def test_speed_tau_must_be_below_T():
+    with pytest.raises(ValueError, match="tau = 1000 must be < the number of timesteps"):
+        SpeedSampler(LINEAR, SpeedSampler.Params(tau=1000))
+    small = NoiseSchedule.create("linear", num_timesteps=100)
+    with pytest.raises(ValueError, match="tau"):
+        SpeedSampler(small)  # default tau = 700
+    # Degenerate pivots (threshold never reached, or m = T) still reflect into [0, T).
+    for name, T in (("cosine", 50), ("quad", 50)):
+        s = SpeedSampler(NoiseSchedule.create(name, num_timesteps=T),
+                         SpeedSampler.Params(tau=10))
+        assert 1 <= s.pivot <= T - 1
+        t = s.sample(64, ctx(n=64)).t
+        assert int(t.min()) >= 0 and int(t.max()) < T
+
+
+# --- log-normal -----------------------------------------------------------------------------
+
+
+def median_t(p: torch.Tensor) -> int:
+    return int(torch.nonzero(torch.cumsum(p, 0) >= 0.5)[0])
+
+
+def test_lognormal_linear_and_cosine():
+    p = LogNormalSampler(LINEAR).probs()
+    assert 80 <= median_t(p) <= 96
+    assert float(p[:100].sum()) == pytest.approx(0.54, abs=0.01)
+    assert float(p[100:300].sum()) == pytest.approx(0.34, abs=0.01)
+    assert float(p[600:].sum()) == pytest.approx(0.006, abs=0.001)
+    cos = LogNormalSampler(NoiseSchedule.create("cosine")).probs()
+    assert abs(median_t(cos) - 179) <= 8
+    assert float(cos[:100].sum()) == pytest.approx(0.32, abs=0.01)
+
+
+def test_lognormal_probs_match_nearest_log_sigma_monte_carlo():
+    """p(t) equals the law of argmin_t |ln sigma_t - ln sigma| with ln sigma ~ N(-1.2, 1.2^2)."""
+    gen = torch.Generator().manual_seed(0)
+    log_sigma = torch.as_tensor(np.log(LINEAR.sigma))
+    draws = torch.randn(200_000, generator=gen, dtype=torch.float64) * 1.2 - 1.2
+    t = torch.bucketize(draws, 0.5 * (log_sigma[1:] + log_sigma[:-1]))
+    empirical = torch.bincount(t, minlength=1000).double() / len(t)
+    p = LogNormalSampler(LINEAR).probs()
+    for lo, hi in ((0, 50), (50, 100), (100, 300), (300, 1000)):
+        assert float(empirical[lo:hi].sum()) == pytest.approx(float(p[lo:hi].sum()), abs=0.004)
+    sampled = LogNormalSampler(LINEAR, seed=1).sample(20_000, ctx(n=1)).t
+    assert abs(float(sampled.double().median()) - median_t(p)) <= 6
+
+
+# --- curriculum -----------------------------------------------------------------------------
+
+
+def test_curriculum_moves_mass_off_the_easiest_quarter():
+    s = CurriculumSampler(LINEAR)
+    easy = [float(s.probs_at(pr)[750:].sum()) for pr in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert easy[0] == pytest.approx(0.25, abs=1e-12)  # uniform at progress 0
+    assert all(a > b for a, b in zip(easy, easy[1:], strict=False))
+    torch.testing.assert_close(s.probs(), SAMPLERS["uniform"](LINEAR).probs())
+    # Gaussian part: N_disc((t + 0.5)/T; 0.3, 0.2), normalised over t.
+    u = (np.arange(1000) + 0.5) / 1000
+    g = np.exp(-0.5 * ((u - 0.3) / 0.2) ** 2)
+    np.testing.assert_allclose(s.probs_at(1.0).numpy(), 0.2 / 1000 + 0.8 * g / g.sum(),
+                               rtol=1e-10)
+    # probs() follows the progress of the last sample() call; lam saturates after ramp_end.
+    s.sample(4, ctx(progress=0.5))
+    torch.testing.assert_close(s.probs(), s.probs_at(0.5))
+    late = CurriculumSampler(LINEAR, CurriculumSampler.Params(ramp_start=0.2, ramp_end=0.4))
+    assert late.weight_at(0.1) == 0.0 and late.weight_at(0.3) == pytest.approx(0.4)
+    assert late.weight_at(0.4) == pytest.approx(0.8) and late.weight_at(0.9) == pytest.approx(0.8)
+    with pytest.raises(ValidationError, match="ramp_start"):
+        CurriculumSampler.Params(ramp_start=0.5, ramp_end=0.5)
+
+
+# --- loss-second-moment ---------------------------------------------------------------------
+
+
+def feed(s: LossSecondMomentSampler, t: list[int] | torch.Tensor, losses) -> None:
+    t = torch.as_tensor(t, dtype=torch.int64)
+    s.observe(Draw(t=t, importance_weight=torch.ones(len(t))),
+              torch.as_tensor(losses, dtype=torch.float32), ctx())
+
+
+def test_lsm_warmup_then_sqrt_second_moment():
+    T, H = 20, 3
+    s = LossSecondMomentSampler(NoiseSchedule.create("linear", num_timesteps=T),
+                                LossSecondMomentSampler.Params(history=H))
+    uniform = torch.full((T,), 1 / T, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    table = rng.uniform(0.1, 2.0, size=(5, T))  # 5 rounds of one loss per timestep
+    for r in range(5):
+        order = rng.permutation(T)
+        feed(s, order, table[r, order])
+        if r < H - 1:
+            torch.testing.assert_close(s.probs(), uniform)  # warm-up: some t lacks H losses
+            assert s.metrics()["sampler/warmup_fraction"] == 0.0
+    kept = table[-H:].astype(np.float32).astype(np.float64)  # FIFO keeps the last H rounds
+    w = np.sqrt((kept**2).mean(axis=0))
+    expected = 0.999 * w / w.sum() + 0.001 / T
+    np.testing.assert_allclose(s.probs().numpy(), expected, rtol=1e-10)
+    assert s.metrics()["sampler/warmup_fraction"] == 1.0
+    # Drawn weights are 1/(T p_t).
+    draw = s.sample(64, ctx(n=64))
+    np.testing.assert_allclose(draw.importance_weight.numpy(),
+                               1 / (T * expected[draw.t.numpy()]), rtol=1e-6)
+
+
+def test_lsm_repeated_timesteps_in_one_batch_and_non_finite():
+    T, H = 4, 3
+    s = LossSecondMomentSampler(NoiseSchedule.create("linear", num_timesteps=T),
+                                LossSecondMomentSampler.Params(history=H))
+    # t = 1 six times in one batch: only its last 3 losses (4, 5, 6) survive.
+    feed(s, [1, 0, 1, 1, 2, 1, 3, 1, 1, 0, 2, 3, 0, 2, 3],
+         [1, 7, 2, 3, 8, 4, float("nan"), 5, 6, 7, 8, 9, 7, 8, 9])
+    assert s.state_dict()["writes"].tolist() == [3, 6, 3, 2]  # the NaN was not stored
+    feed(s, [3], [float("inf")])
+    assert not s.warmed_up()
+    feed(s, [3], [9])
+    assert s.warmed_up()
+    w = np.sqrt(np.array([49, (16 + 25 + 36) / 3, 64, 81]))
+    np.testing.assert_allclose(s.probs().numpy(), 0.999 * w / w.sum() + 0.001 / T, rtol=1e-6)
+    # Ring buffer wraps: two more losses for t = 1 replace its two oldest (4 and 5).
+    feed(s, [1, 1], [10, 10])
+    w[1] = np.sqrt((36 + 100 + 100) / 3)
+    np.testing.assert_allclose(s.probs().numpy(), 0.999 * w / w.sum() + 0.001 / T, rtol=1e-6)
+
+
+def test_occurrence_rank():
+    t = torch.tensor([5, 3, 5, 5, 0, 3, 9])
+    assert occurrence_rank(t).tolist() == [0, 0, 1, 2, 0, 1, 0]
+
+
+# --- gradient-variance sampler --------------------------------------------------------------
+
+
+def test_gradvar_probe_schedule_and_round_robin():
+    s = GradVarSampler(LINEAR, GradVarSampler.Params(probe_every=5, bins=20, rows_per_probe=8))
+    seen_bins = []
+    for step in range(30):
+        spec = s.probe_request(ctx(step, n=16))
+        if step % 5:
+            assert spec is None
+            continue
+        assert spec.kind == "grad_norm" and spec.loss == "mse"
+        assert spec.t.shape == (8,) and spec.image_index.shape == (8,)
+        assert int(spec.image_index.max()) < 16
+        seen_bins.extend(torch.div(spec.t * 20, 1000, rounding_mode="floor").tolist())
+    assert seen_bins[:24] == [i % 20 for i in range(24)]  # round-robin over bins
+    assert set(seen_bins) == set(range(20))
+
+
+def test_gradvar_moves_towards_large_gradient_bins():
+    T, bins = 100, 4
+    s = GradVarSampler(NoiseSchedule.create("linear", num_timesteps=T),
+                       GradVarSampler.Params(bins=bins, probe_every=1, rows_per_probe=4,
+                                             ema=0.5, uniform_mix=0.1))
+    uniform = torch.full((T,), 1 / T, dtype=torch.float64)
+    big = {0: 16.0, 1: 1.0, 2: 1.0, 3: 4.0}  # squared gradient norms per bin
+
+    def probe_once(step: int, values: dict[int, float], bad: bool = False) -> None:
+        spec = s.probe_request(ctx(step))
+        g = torch.tensor([values[int(b)] for b in spec.t // 25])
+        if bad:
+            g[0], g[1] = float("nan"), float("inf")
+        s.observe_probe(ProbeResult(spec=spec, before=torch.zeros(len(g)), grad_sq_norm=g),
+                        ctx(step))
+
+    torch.testing.assert_close(s.probs(), uniform)
+    probe_once(0, big)
+    p = s.probs()
+    rms = torch.tensor([4.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    p_bin = 0.9 * rms / rms.sum() + 0.1 * 25 / T
+    torch.testing.assert_close(p.view(bins, 25).sum(1), p_bin)
+    assert torch.equal(p[:25], p[:25].flip(0))  # uniform within a bin
+    # EMA (0.5) towards a new measurement; non-finite values leave their bins alone.
+    probe_once(1, {0: 0.0, 1: 1.0, 2: 1.0, 3: 36.0}, bad=True)  # bins 0, 1 get NaN / inf
+    ema = torch.tensor([16.0, 1.0, 1.0, 20.0], dtype=torch.float64)
+    torch.testing.assert_close(s.state_dict()["ema"], ema)
+    rms = ema.sqrt()
+    torch.testing.assert_close(s.probs().view(bins, 25).sum(1),
+                               0.9 * rms / rms.sum() + 0.1 * 25 / T)
+    assert float(s.probs()[:25].sum()) > float(s.probs()[25:50].sum())
+
+
+# --- config errors --------------------------------------------------------------------------
+
+
+def test_bad_sampler_param_names_the_field():
+    cfg = load_config(None, ["timesteps.sampler.name=speed", "timesteps.sampler.params.k=0"])
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    msg = str(info.value)
+    assert "timesteps.sampler.params.k" in msg and "\n" not in msg
+
+
+def test_unknown_param_lists_accepted_ones():
+    cfg = load_config(None, ["timesteps.sampler.name=speed", "timesteps.sampler.params.kk=2"])
+    with pytest.raises(ConfigError, match="speed accepts: dual, dual_threshold, k, tau"):
+        check_config(cfg)
+    cfg = load_config(None, ["timesteps.weighting.name=min_snr",
+                             "timesteps.weighting.params.snr_gamma=5"])
+    with pytest.raises(ConfigError, match="min_snr accepts: gamma"):
+        check_config(cfg)
+
+
+def test_curriculum_ramp_order_is_a_config_error():
+    cfg = load_config(None, ["timesteps.sampler.name=curriculum",
+                             "timesteps.sampler.params.ramp_start=0.6",
+                             "timesteps.sampler.params.ramp_end=0.2"])
+    with pytest.raises(ConfigError, match="ramp_start .* must be less than ramp_end") as info:
+        check_config(cfg)
+    assert "\n" not in str(info.value)

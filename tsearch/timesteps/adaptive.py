@@ -1,0 +1,346 @@
+"""The adaptive learned timestep sampler (Kim, Ki, Shim, Lee; CVPR 2025, arXiv 2411.09998).
+
+A policy pi_phi(t | x0) (Beta distribution over normalised time) is trained by REINFORCE to pick
+the timesteps whose gradient updates most reduce the VLB. Every ``update_every`` steps it asks
+the trainer, through one probe, for losses before and after the optimizer step:
+
+- a scan of all (or every ``scan_stride``-th) timesteps on ``scan_images`` images; the per-tau
+  improvements form one row of a queue, from which a univariate F-test (sklearn's
+  ``f_regression``) selects the |S| timesteps that best explain the total improvement;
+- the improvement at the selected S on every image of the batch: the per-sample reward.
+
+Exact behaviour of the official code and its quirks: ALGORITHMS.md section 1. Deliberate
+deviations, each a switch: ``common_noise`` (same noise before and after: common random numbers),
+``baseline`` (batch-mean reward baseline), ``policy: unconditional``, a strided scan, and a
+detached entropy bonus. ``faithful: true`` restores fresh noise per evaluation and the upstream
+undetached entropy term inside the reward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from scipy.special import betainc
+from torch import nn
+from torch.distributions import Beta
+
+from tsearch.timesteps.base import (
+    Draw,
+    Params,
+    ProbeResult,
+    ProbeSpec,
+    StepContext,
+    TimestepSampler,
+    entropy,
+)
+
+_MIN_CONC = 1e-5  # alpha, beta = softplus(.) + 1e-5, as ActorNetwork
+
+
+class AdaptiveParams(Params):
+    policy: Literal["cnn", "unconditional"] = "cnn"  # cnn: pi(t | x0) as the paper
+    queue_size: int = Field(20, ge=2, le=10_000)  # |Q|: rows of per-timestep improvements
+    num_features: int = Field(3, ge=1, le=1000)  # |S|: timesteps selected by the F-test
+    update_every: int = Field(40, ge=1)  # f_S: steps between probes / policy updates
+    lr: float = Field(1e-2, gt=0.0, le=1.0)  # the policy's own Adam learning rate
+    entropy_coef: float = Field(1e-2, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    hidden: int = Field(256, ge=8, le=4096)  # MLP width of the policy
+    depth: int = Field(2, ge=1, le=8)  # MLP hidden layers (ATS hidden_depth)
+    init_bias: float = 0.5  # head bias: Beta(softplus(b), softplus(b)) ~ uniform at init
+    scan_images: int = Field(1, ge=1, le=64)  # images in the all-timestep scan
+    scan_stride: int = Field(10, ge=1)  # 1 = every timestep (faithful, ~4x the probe cost)
+    reward_images: int | None = Field(None, ge=1)  # None: every image of the batch
+    loss: Literal["vlb", "mse"] = "vlb"  # look-ahead loss: VLB term in bits/dim as ATS
+    common_noise: bool = True  # same images and noise before and after the update
+    baseline: bool = False  # subtract the batch-mean reward (variance reduction)
+    normalize_reward: bool = False  # divide by the batch std: makes entropy_coef scale-free
+    faithful: bool = False  # upstream quirks: fresh noise, undetached entropy in the reward
+
+    @model_validator(mode="after")
+    def _faithful_noise(self) -> AdaptiveParams:
+        if self.faithful and self.common_noise:
+            # Fresh noise per evaluation is one of the quirks `faithful` reproduces.
+            object.__setattr__(self, "common_noise", False)
+        return self
+
+
+def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Univariate linear-regression F statistic of each column of x against y.
+
+    F_j = r_j^2 / (1 - r_j^2) * (n - 2), r_j = corr(x[:, j], y): sklearn's ``f_regression``
+    (ALGORITHMS.md 1.3). Constant columns (and n <= 2) score 0 instead of NaN.
+    """
+    x = x.double()
+    y = y.double()
+    n = x.shape[0]
+    xc = x - x.mean(0, keepdim=True)
+    yc = y - y.mean()
+    denom = xc.norm(dim=0) * yc.norm()
+    r = torch.where(denom > 0, (xc * yc[:, None]).sum(0) / denom.clamp_min(1e-300),
+                    torch.zeros_like(denom))
+    r2 = r.pow(2).clamp(max=1.0 - 1e-12)
+    f = r2 / (1.0 - r2) * max(n - 2, 0)
+    return torch.nan_to_num(f, nan=0.0, posinf=0.0)
+
+
+def select_features(queue: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices of the k best F scores of the queue rows against their sums.
+
+    All-zero rows (e.g. never filled) are dropped first, as the reference code does.
+    """
+    rows = queue[(queue != 0).any(dim=1)]
+    scores = f_regression_scores(rows, rows.sum(dim=1))
+    return torch.topk(scores, min(k, scores.numel())).indices.sort().values
+
+
+class _BetaHead(nn.Module):
+    """Linear(hidden -> 2) with zero weights and a constant bias: near-uniform Beta at init."""
+
+    def __init__(self, hidden: int, init_bias: float):
+        super().__init__()
+        self.linear = nn.Linear(hidden, 2)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, init_bias)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = nn.functional.softplus(self.linear(h)) + _MIN_CONC
+        return ab[:, 0], ab[:, 1]
+
+
+class CnnPolicy(nn.Module):
+    """ATS ActorNetwork: 3 conv blocks, MLP, Beta head; adaptive pooling for any resolution."""
+
+    def __init__(self, in_channels: int, hidden: int, depth: int, init_bias: float):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        for c_in, c_out in ((in_channels, 32), (32, 64), (64, 128)):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        layers: list[nn.Module] = [nn.Linear(128 * 4 * 4, hidden), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers)
+        self.head = _BetaHead(hidden, init_bias)
+
+    def forward(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.mlp(self.features(x0)))
+
+
+class UnconditionalPolicy(nn.Module):
+    """Two learned numbers: the same Beta(alpha, beta) for every image."""
+
+    def __init__(self, init_bias: float):
+        super().__init__()
+        self.logits = nn.Parameter(torch.full((2,), float(init_bias)))
+
+    def forward(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = nn.functional.softplus(self.logits) + _MIN_CONC
+        n = x0.shape[0]
+        return ab[0].expand(n), ab[1].expand(n)
+
+
+def discretised_beta(alpha: np.ndarray, beta: np.ndarray, num_timesteps: int) -> np.ndarray:
+    """Marginal p(t) of t = round(u (T-1)), u ~ mixture of Beta(alpha_i, beta_i) (float64 [T]).
+
+    Exact through the regularised incomplete beta function; endpoints get half-width bins.
+    """
+    edges = np.clip((np.arange(num_timesteps + 1) - 0.5) / (num_timesteps - 1), 0.0, 1.0)
+    cdf = betainc(np.asarray(alpha)[:, None], np.asarray(beta)[:, None], edges[None, :])
+    p = np.diff(cdf, axis=1).mean(axis=0)
+    p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, None)
+    total = p.sum()
+    return p / total if total > 0 else np.full(num_timesteps, 1.0 / num_timesteps)
+
+
+class AdaptiveSampler(TimestepSampler):
+    """Learned non-uniform timestep sampler (ALGORITHMS.md 1); changes the objective (no IS)."""
+
+    name = "adaptive"
+    Params = AdaptiveParams
+    unbiased = False
+
+    def __init__(self, schedule, params: AdaptiveParams | None = None, seed: int = 0):
+        super().__init__(schedule, params, seed)
+        p = self.params
+        self.tau_grid = torch.arange(0, self.num_timesteps, p.scan_stride)
+        self.queue = torch.zeros(0, len(self.tau_grid), dtype=torch.float64)
+        k = min(p.num_features, len(self.tau_grid))
+        self.selected = self.tau_grid[:k].clone()  # ATS starts with S = {0, 1, 2}
+        self.policy: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.in_channels: int | None = None
+        self._pending: dict[str, Any] | None = None
+        self._last_ab: tuple[np.ndarray, np.ndarray] | None = None
+        self.updates = 0
+        self._stats: dict[str, float] = {}
+
+    # --- policy -----------------------------------------------------------------------------
+    def _build_policy(self, in_channels: int, device: torch.device) -> None:
+        p = self.params
+        self.in_channels = in_channels
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        try:  # initialise from our own generator, not the caller's global RNG
+            if p.policy == "cnn":
+                self.policy = CnnPolicy(in_channels, p.hidden, p.depth, p.init_bias)
+            else:
+                self.policy = UnconditionalPolicy(p.init_bias)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        self.policy.to(device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=p.lr, betas=(0.9, 0.999))
+
+    def _policy_for(self, x0: torch.Tensor | None) -> tuple[nn.Module, torch.Tensor]:
+        if x0 is None:
+            x0 = torch.zeros(1, self.in_channels or 1, 8, 8)
+        if self.policy is None:
+            self._build_policy(x0.shape[1], x0.device)
+        elif next(self.policy.parameters()).device != x0.device:
+            self._move_policy(x0.device)  # e.g. built on the CPU by a resume, trained on CUDA
+        return self.policy, x0
+
+    def _move_policy(self, device: torch.device) -> None:
+        self.policy.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and key != "step":  # Adam keeps `step` on the CPU
+                    state[key] = value.to(device)
+
+    # --- contract ---------------------------------------------------------------------------
+    def sample(self, n: int, ctx: StepContext) -> Draw:
+        x0 = ctx.x0 if ctx.x0 is not None else torch.zeros(n, self.in_channels or 1, 8, 8)
+        policy, x0 = self._policy_for(x0[:n])
+        with torch.no_grad():
+            alpha, beta = policy(x0)
+        alpha, beta = alpha.float().cpu(), beta.float().cpu()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            u = Beta(alpha, beta).sample()
+        u = u.clamp(1e-6, 1.0 - 1e-6)
+        t = torch.round(u * (self.num_timesteps - 1)).long()
+        self._last_ab = (alpha.double().numpy(), beta.double().numpy())
+        if self._wants_probe(ctx):
+            self._pending = {"x0": x0.detach().clone(), "u": u, "step": ctx.step}
+        return Draw(t=t, importance_weight=torch.ones(n), aux={"u": u})
+
+    def _wants_probe(self, ctx: StepContext) -> bool:
+        return ctx.step % self.params.update_every == 0
+
+    def probe_request(self, ctx: StepContext) -> ProbeSpec | None:
+        if not self._wants_probe(ctx) or self._pending is None:
+            return None
+        p = self.params
+        batch = self._pending["x0"].shape[0]
+        scan_idx = torch.randint(0, batch, (p.scan_images,), generator=self.generator)
+        n_tau = len(self.tau_grid)
+        rewarded = min(p.reward_images or batch, batch)
+        s = self.selected
+        t = torch.cat([self.tau_grid.repeat(p.scan_images), s.repeat(rewarded)])
+        idx = torch.cat([scan_idx.repeat_interleave(n_tau),
+                         torch.arange(rewarded).repeat_interleave(len(s))])
+        self._pending.update({"selected": s.clone(), "rewarded": rewarded})
+        return ProbeSpec(t=t, image_index=idx, kind="delta", loss=p.loss,
+                         common_noise=p.common_noise)
+
+    def observe_probe(self, result: ProbeResult, ctx: StepContext) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or result.after is None:
+            return
+        p = self.params
+        delta = (result.before - result.after).double().cpu()
+        n_scan = p.scan_images * len(self.tau_grid)
+        scan = delta[:n_scan].view(p.scan_images, -1).mean(0)
+        if torch.isfinite(scan).all():
+            self.queue = torch.cat([self.queue, scan[None]])[-p.queue_size:]
+        reward = delta[n_scan:].view(pending["rewarded"], -1).sum(1)
+        # The new S is chosen after the reward was measured on the old S (ALGORITHMS.md 1.4).
+        if len(self.queue) > 1:
+            self.selected = self.tau_grid[select_features(self.queue, p.num_features)]
+        if torch.isfinite(reward).all():
+            self._update_policy(pending["x0"][: pending["rewarded"]],
+                                pending["u"][: pending["rewarded"]], reward.float())
+
+    def _update_policy(self, x0: torch.Tensor, u: torch.Tensor, reward: torch.Tensor) -> None:
+        p = self.params
+        policy, x0 = self._policy_for(x0)
+        device = x0.device
+        alpha, beta = policy(x0)
+        dist = Beta(alpha, beta)
+        logp = dist.log_prob(u.to(device))
+        ent = dist.entropy()
+        reward = reward.to(device)
+        if p.faithful:
+            # Upstream: entropy added to the (detached) reward without detaching it.
+            loss = -(logp * (reward + p.entropy_coef * ent)).mean()
+        else:
+            adv = reward - reward.mean() if p.baseline else reward
+            if p.normalize_reward:
+                adv = adv / (reward.std() + 1e-12) if len(reward) > 1 else adv
+            loss = -(logp * adv).mean() - p.entropy_coef * ent.mean()
+        if not torch.isfinite(loss):
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), p.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        self._stats = {
+            "sampler/policy_loss": float(loss.detach()),
+            "sampler/reward": float(reward.mean()),
+            "sampler/policy_entropy": float(ent.detach().mean()),
+        }
+
+    def probs(self) -> torch.Tensor:
+        if self._last_ab is None:
+            a = float(nn.functional.softplus(torch.tensor(self.params.init_bias))) + _MIN_CONC
+            ab = (np.array([a]), np.array([a]))
+        else:
+            ab = self._last_ab
+        p = discretised_beta(ab[0], ab[1], self.num_timesteps)
+        return torch.from_numpy(p)
+
+    def metrics(self) -> dict[str, float]:
+        out = {"sampler/entropy": entropy(self.probs()), "sampler/updates": float(self.updates),
+               "sampler/queue_len": float(len(self.queue))}
+        if self._last_ab is not None:
+            out["sampler/alpha_mean"] = float(self._last_ab[0].mean())
+            out["sampler/beta_mean"] = float(self._last_ab[1].mean())
+        for i, s in enumerate(self.selected.tolist()):
+            out[f"sampler/S_{i}"] = float(s)
+        out.update(self._stats)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update({
+            "queue": self.queue.clone(), "selected": self.selected.clone(),
+            "updates": self.updates, "in_channels": self.in_channels,
+            "stats": dict(self._stats),
+            "last_ab": None if self._last_ab is None else
+            [torch.from_numpy(self._last_ab[0].copy()), torch.from_numpy(self._last_ab[1].copy())],
+            "policy": None if self.policy is None else self.policy.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+        })
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.queue = state["queue"].clone()
+        self.selected = state["selected"].clone()
+        self.updates = int(state["updates"])
+        self._stats = dict(state["stats"])
+        self._last_ab = None if state["last_ab"] is None else (
+            state["last_ab"][0].numpy().copy(), state["last_ab"][1].numpy().copy())
+        self._pending = None
+        if state["policy"] is not None:
+            gen = self.generator.get_state()  # building must not consume generator draws
+            self._build_policy(int(state["in_channels"]), torch.device("cpu"))
+            self.generator.set_state(gen)
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])

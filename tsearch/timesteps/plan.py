@@ -1,0 +1,76 @@
+"""Use an exported tsearch configuration in your own PyTorch training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tsearch.config import Config, load_config
+from tsearch.diffusion.schedule import NoiseSchedule
+from tsearch.seeding import derive_seed
+from tsearch.timesteps.base import Draw, LossWeighting, StepContext, TimestepSampler
+from tsearch.timesteps.registry import build_sampler, build_weighting, check_config
+
+
+@dataclass
+class TimestepPlan:
+    """A timestep sampler and loss weighting built from one config.
+
+    In a plain loop: ``draw = plan.sample(x0, step, progress)``; train on ``draw.t``; compute the
+    per-sample loss ``[n]``; ``loss = (per_sample * plan.loss_factor(draw)).mean()``; then
+    ``plan.observe(draw, per_sample)``. Samplers that need probes (``adaptive``, ``gradvar``)
+    need the tsearch trainer, which measures losses around the optimizer step for them.
+    """
+
+    sampler: TimestepSampler
+    weighting: LossWeighting
+    schedule: NoiseSchedule
+    config: Config
+    _ctx: StepContext | None = None
+
+    def sample(self, x0: torch.Tensor, step: int = 0, progress: float = 0.0,
+               lr: float = 0.0) -> Draw:
+        """Timesteps for the batch ``x0`` at training ``progress`` in [0, 1] (on x0's device)."""
+        n = x0.shape[0]
+        self._ctx = StepContext(step=step, kimg=step * n / 1000, progress=progress, lr=lr,
+                                x0=x0.detach())
+        draw = self.sampler.sample(n, self._ctx)
+        return Draw(t=draw.t.to(x0.device), importance_weight=draw.importance_weight.to(
+            x0.device), aux=draw.aux)
+
+    def loss_factor(self, draw: Draw) -> torch.Tensor:
+        """w[t] * importance weight: multiply the per-sample loss by this before the mean."""
+        return self.weighting.weights(draw.t) * draw.importance_weight.to(draw.t.device)
+
+    def observe(self, draw: Draw, per_sample_loss: torch.Tensor) -> None:
+        """Feed the unweighted per-sample losses back (loss-aware samplers learn from them)."""
+        if self._ctx is not None:
+            self.sampler.observe(draw, per_sample_loss.detach(), self._ctx)
+
+    @property
+    def needs_probes(self) -> bool:
+        return type(self.sampler).probe_request is not TimestepSampler.probe_request
+
+
+def from_config(path: str | Path | Config, schedule: NoiseSchedule | None = None,
+                seed: int | None = None) -> TimestepPlan:
+    """Build the sampler and weighting of an exported config (``tsearch export best -o FILE``).
+
+    Args:
+        path: the YAML file (or an already loaded Config).
+        schedule: your noise schedule; by default the one the config's ``diffusion`` section
+            describes. Its length must match the T your model is trained with.
+        seed: the sampler's seed (default: derived from ``train.seed`` as the trainer does).
+    """
+    cfg = path if isinstance(path, Config) else load_config(path)
+    check_config(cfg)
+    if schedule is None:
+        d = cfg.diffusion
+        schedule = NoiseSchedule.create(d.schedule, d.num_timesteps, d.variance)
+    if seed is None:
+        seed = derive_seed(cfg.train.seed, "timesteps")
+    sampler = build_sampler(cfg.timesteps.sampler, schedule, seed)
+    weighting = build_weighting(cfg.timesteps.weighting, schedule, cfg.diffusion.prediction)
+    return TimestepPlan(sampler=sampler, weighting=weighting, schedule=schedule, config=cfg)
