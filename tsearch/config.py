@@ -150,6 +150,36 @@ class TrackingConfig(_Section):
     run_name: str | None = None
 
 
+class AshaConfig(_Section):
+    """ASHA early stopping on FID; times in kimg (ASHA's time_attr)."""
+
+    enabled: bool = True
+    grace_kimg: float = Field(2.0, gt=0.0)  # a trial runs at least this long
+    reduction_factor: float = Field(3.0, gt=1.0)  # keep the best 1/rf at each rung
+    brackets: int = Field(1, ge=1)
+
+
+class SearchConfig(_Section):
+    """How `tsearch search` explores: ignored by `tsearch train`."""
+
+    name: str | None = None  # experiment name (Ray run dir, Optuna study, MLflow parent run)
+    algorithm: Literal["tpe"] = "tpe"  # Optuna TPE via Ray's OptunaSearch
+    num_samples: int = Field(10, ge=1)  # trials
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = Field(0, ge=0)  # TPE seed
+    metric: Literal["eval/fid"] = "eval/fid"
+    mode: Literal["min"] = "min"
+    asha: AshaConfig = AshaConfig()
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)  # fractional: 0.5 = two trials per GPU
+    storage_path: str = "tsearch-runs/ray"  # trial checkpoints; shared storage on a cluster
+    max_failures: int = Field(1, ge=0)  # retries of a failed trial, from its last checkpoint
+    num_to_keep: int = Field(2, ge=1)  # checkpoints kept per trial
+    # Dotted config key -> distribution, e.g. {"optim.lr": {"float": [1e-4, 1e-2], "log": true}}
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # tried first
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -159,6 +189,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -216,6 +247,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     out = json.loads(json.dumps(raw, default=str))
     for item in overrides:
         parts, value = parse_override(item)
+        if parts[:2] == ["search", "space"] and len(parts) > 3:
+            # Space keys are dotted config paths themselves: search.space.optim.lr={...}
+            parts = ["search", "space", ".".join(parts[2:])]
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -96,6 +96,135 @@ def fid_ref(config: ConfigArg = None, overrides: Overrides = None) -> None:
     typer.echo(f"reference statistics: {stats.count} images -> {path}")
 
 
+@app.command()
+def search(
+    config: ConfigArg = None,
+    overrides: Overrides = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved config and the space; exit.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the search of this config (same name).")
+    ] = False,
+    address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: "
+                     "a local Ray on 127.0.0.1."),
+    ] = None,
+) -> None:
+    """Search timestep samplers and their hyperparameters (Ray Tune + Optuna + ASHA)."""
+    if config is None:
+        raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
+    cfg = _load(config, overrides)
+    from tsearch.search.tuner import plan, search_name
+
+    space, _ = plan(cfg, config)
+    if dry_run:
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+        typer.echo(f"# search {search_name(cfg, config)!r}: {cfg.search.num_samples} trials, "
+                   f"ASHA {'on' if cfg.search.asha.enabled else 'off'}; space:")
+        for line in space.describe():
+            typer.echo(f"#   {line}")
+        return
+    from tsearch.search.tuner import run_search
+
+    result = run_search(cfg, config, address=address, resume=resume)
+    _print_search_result(result)
+
+
+def _print_search_result(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"search {result.name}: best trials ({len(result.trials)} run, "
+                  f"{result.seconds:.0f} s)")
+    for col in ("trial", "status", "best FID", "kimg", "configuration"):
+        table.add_column(col)
+    for t in sorted(result.trials, key=lambda t: t.best_fid)[:10]:
+        conf = ", ".join(f"{k.replace('timesteps.', '')}={_fmt(v)}" for k, v in t.config.items())
+        table.add_row(t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf)
+    console = Console()
+    console.print(table)
+    uri = result.tracking_uri
+    typer.echo(f"MLflow parent run: {result.parent_run_id}")
+    typer.echo(f"look at it:   mlflow ui --backend-store-uri {uri}")
+    typer.echo(f"export best:  tsearch export best --search {result.name} -o best-sampler.yaml"
+               + (f" --set tracking.uri={uri}" if uri.startswith("http") else ""))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+runs_app = typer.Typer(no_args_is_help=True, help="Inspect searches and their trials in MLflow.")
+app.add_typer(runs_app, name="runs")
+TrackingUri = Annotated[
+    str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store.")
+]
+DEFAULT_URI = "sqlite:///tsearch-runs/mlflow.db"
+
+
+@runs_app.command("list")
+def runs_list(tracking_uri: TrackingUri = DEFAULT_URI) -> None:
+    """Searches with their best FID."""
+    from tsearch.tracking.queries import list_searches
+
+    rows = list_searches(tracking_uri)
+    if not rows:
+        typer.echo(f"no searches in {tracking_uri}")
+        return
+    typer.echo(f"{'search':<24} {'parent run':<34} {'status':<10} {'best FID':>9}")
+    for r in rows:
+        typer.echo(f"{r.name:<24} {r.run_id:<34} {r.status:<10} {r.best_fid:9.2f}")
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Search name or parent run id.")],
+    tracking_uri: TrackingUri = DEFAULT_URI,
+) -> None:
+    """A search's trials (best first), its best config and its plots."""
+    from tsearch.tracking.queries import find_search, trial_runs
+
+    parent = find_search(tracking_uri, run)
+    typer.echo(f"search {parent.name} ({parent.run_id}, {parent.status}), best FID "
+               f"{parent.best_fid:.2f}")
+    for t in trial_runs(tracking_uri, parent):
+        sampler = t.params.get("trial.timesteps.sampler.name",
+                               t.params.get("config.timesteps.sampler.name", ""))
+        typer.echo(f"  {t.name:<28} {t.status:<9} FID {t.best_fid:8.2f}  {sampler}  "
+                   f"run {t.run_id}")
+    typer.echo(f"artifacts: {parent.artifact_uri}/  (trials.csv, fid_vs_kimg.png, "
+               "best_trials_p_t.png, best_config.yaml)")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export results of a search.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("best")
+def export_best(
+    output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write.")],
+    search_ref: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--search", help="Search name or parent run id (default: the newest)."),
+    ] = None,
+    tracking_uri: TrackingUri = DEFAULT_URI,
+) -> None:
+    """Write the best configuration of a search: `tsearch train FILE` runs it as is."""
+    import shutil
+    import tempfile
+
+    from tsearch.tracking.queries import download, find_search
+
+    parent = find_search(tracking_uri, search_ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download(tracking_uri, parent.run_id, "best_config.yaml", tmp)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, output)
+    typer.echo(f"best config of search {parent.name} (FID {parent.best_fid:.2f}) -> {output}")
+
+
 timesteps_app = typer.Typer(no_args_is_help=True, help="Inspect timestep samplers and weightings.")
 app.add_typer(timesteps_app, name="timesteps")
 

@@ -337,6 +337,9 @@ def train(
         probs = sampler.probs().double().cpu().numpy()
         pt_history.append(kimg, probs)
         tracker.log_array(probs, f"timesteps/p_t_{int(kimg * 1000):09d}.npy")
+        # Written now, not at the end: a trial stopped by ASHA never reaches the end.
+        np.savez(run_dir / "timesteps.npz", kimg=np.asarray(pt_history.kimgs),
+                 probs=np.asarray(pt_history.matrix))
 
     def checkpoint() -> Path:
         state = {
@@ -358,7 +361,8 @@ def train(
             tracker.log_metrics(metrics, step=images_seen)
             raise DivergenceError(
                 f"training diverged at {images_seen / 1000:.2f} kimg (step {step}): loss is "
-                f"{metrics['train/loss']}; lower optim.lr or enable optim.grad_clip"
+                f"{metrics['train/loss']}; lower optim.lr or optim.weight_decay, or enable "
+                "optim.grad_clip"
             )
         elapsed = max(time.perf_counter() - interval_start[0], 1e-9)
         metrics.update(sampler.metrics())
@@ -485,8 +489,6 @@ def _write_outputs(tracker: Tracker, run_dir: Path, fid_history, pt_history, cfg
     from tsearch import plots
 
     if len(pt_history.kimgs):
-        np.savez(run_dir / "timesteps.npz", kimg=np.asarray(pt_history.kimgs),
-                 probs=np.asarray(pt_history.matrix))
         heat = plots.plot_timestep_heatmap(
             pt_history.kimgs, np.asarray(pt_history.matrix), run_dir / "p_t_heatmap.png",
             title=f"p(t) over training: {cfg.timesteps.sampler.name}")

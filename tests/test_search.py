@@ -1,0 +1,187 @@
+"""The search with real Ray (started by the command under test) and a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def tsearch(*args: str, cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tsearch.cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def common(tmp_path: Path) -> list[str]:
+    return ["--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "--set", f"search.storage_path={tmp_path}/ray",
+            "--set", f"eval.cache_dir={tmp_path}/cache"]
+
+
+def children(client: MlflowClient, parent_id: str):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def parent_of(client: MlflowClient, name: str):
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`tsearch.search` = '{name}' and "
+                              "tags.`tsearch.kind` = 'search'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_dry_run_prints_config_and_space(tmp_path):
+    proc = tsearch("search", str(SMOKE), "--dry-run", *common(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "timesteps.sampler.params.k: float [2, 8]  when timesteps.sampler.name=speed" \
+        in proc.stdout
+    cfg = yaml.safe_load(proc.stdout.split("# search")[0])
+    assert cfg["search"]["num_samples"] == 3
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("search.space={timesteps.sampler.params.kk: {float: [1, 2]}}", "has no hyperparameter 'kk'"),
+    ("search.space={optim.lrr: {float: [1, 2]}}", "not a config field"),
+    ("search.space={optim.lr: {float: [2, 1]}}", "lo < hi"),
+    ("search.space={timesteps.sampler.name: {choice: [uniform, nope]}}", "choose among"),
+])
+def test_bad_space_is_one_line_exit_2(tmp_path, override, needle):
+    proc = tsearch("search", str(SMOKE), "--set", override, *common(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle in proc.stderr
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_and_ray_fail_fast(tmp_path):
+    start = time.monotonic()
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set",
+                   "tracking.uri=http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "unreachable" in proc.stderr
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--address", "127.0.0.1:9",
+                   cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Ray cluster at '127.0.0.1:9' is unreachable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "ray" / "smoke").exists() or not any(
+        (tmp_path / "ray" / "smoke").glob("run_trial*"))
+
+
+@pytest.mark.slow
+def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = parent_of(client, "smoke")
+    assert parent.info.status == "FINISHED"
+    kids = children(client, parent.info.run_id)
+    assert len(kids) == 3
+    assert all(k.info.status in ("FINISHED", "KILLED") for k in kids)
+    assert all(k.data.tags["tsearch.kind"] == "trial" for k in kids)
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "fid_vs_kimg.png", "best_config.yaml",
+            "best_trials_p_t.png"} <= files
+
+    rows = list(csv.DictReader((tmp_path / "ray" / "smoke" / "summary" / "trials.csv").open()))
+    assert len(rows) == 3
+    assert {r["node_ip"] for r in rows} == {"127.0.0.1"}  # local Ray stays on loopback
+    kimgs = sorted(float(r["kimg"]) for r in rows)
+    assert kimgs[0] < 0.4 <= kimgs[-1], kimgs  # ASHA stopped at least one trial at its rung
+    for kid in kids:  # FID recorded at every rung the trial reached
+        assert client.get_metric_history(kid.info.run_id, "eval/fid")
+
+    best = tmp_path / "best.yaml"
+    proc = tsearch("export", "best", "--search", "smoke", "-o", str(best),
+                   "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    exported = yaml.safe_load(best.read_text())
+    assert exported["timesteps"]["sampler"]["name"] in ("uniform", "speed")
+    assert "search" not in exported
+    proc = tsearch("train", str(best), "--set", "train.total_kimg=0.1",
+                   "--set", f"tracking.uri=sqlite:///{tmp_path}/train.db", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "done:" in proc.stderr
+
+    proc = tsearch("runs", "list", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                   cwd=tmp_path)
+    assert proc.returncode == 0 and "smoke" in proc.stdout
+    proc = tsearch("runs", "show", "smoke", "--tracking-uri",
+                   f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.count(" FID ") >= 3
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_and_search_completes(tmp_path):
+    # weight_decay 1e6 at lr 1 multiplies the weights by -999999 per step: inf within steps.
+    points = ("search.points_to_evaluate=[{optim.weight_decay: 0.0}, "
+              "{optim.weight_decay: 1.0e6}]")
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=2",
+                   "--set", points, "--set", "search.max_failures=0", "--set", "optim.lr=1.0",
+                   "--set", "search.asha.enabled=false",
+                   "--set", "search.space={optim.weight_decay: {choice: [0.0, 1.0e6]}}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kids = children(client, parent_of(client, "smoke").info.run_id)
+    statuses = sorted(k.info.status for k in kids)
+    assert statuses == ["FAILED", "FINISHED"], statuses
+    failed = next(k for k in kids if k.info.status == "FAILED")
+    assert "diverged" in failed.data.tags["tsearch.failure_reason"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
+    args = [sys.executable, "-m", "tsearch.cli.main", "search", str(SMOKE), *common(tmp_path),
+            "--set", "search.num_samples=4", "--set", "search.max_concurrent=1",
+            "--set", "search.asha.enabled=false", "--set", "search.name=resumable"]
+    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.monotonic() + 300
+    finished = []
+    while time.monotonic() < deadline and not finished:
+        time.sleep(2)
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                exps = [e.experiment_id for e in client.search_experiments()]
+                finished = client.search_runs(
+                    exps, "tags.`tsearch.kind` = 'trial' and attributes.status = 'FINISHED'")
+            except Exception:
+                finished = []
+        assert driver.poll() is None, driver.stdout.read()
+    assert finished, "no trial finished in time"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait(timeout=30)
+    time.sleep(2)
+
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=4",
+                   "--set", "search.max_concurrent=1", "--set", "search.asha.enabled=false",
+                   "--set", "search.name=resumable", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent = parent_of(client, "resumable")
+    kids = children(client, parent.info.run_id)
+    trial_ids = [k.data.tags["tsearch.trial_id"] for k in kids]
+    assert len(set(trial_ids)) == 4
+    for run in finished:  # a finished trial was not run again: still one run per trial id
+        assert trial_ids.count(run.data.tags["tsearch.trial_id"]) == 1
+    rows = list(csv.DictReader(
+        (tmp_path / "ray" / "resumable" / "summary" / "trials.csv").open()))
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
