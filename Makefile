@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tsearch train experiments/train-digits.yaml
+	$(VENV)/bin/tsearch search experiments/quickstart.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check tsearch tests benchmarks

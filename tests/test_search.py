@@ -185,3 +185,12 @@ def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
     rows = list(csv.DictReader(
         (tmp_path / "ray" / "resumable" / "summary" / "trials.csv").open()))
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
+
+
+@pytest.mark.parametrize("name,trials", [("cifar10-paper", 48), ("quickstart", 10)])
+def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials):
+    proc = tsearch("search", str(ROOT / "experiments" / f"{name}.yaml"), "--dry-run",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"# search '{name}': {trials} trials" in proc.stdout
+    assert "timesteps.sampler.name: choice" in proc.stdout

@@ -163,7 +163,7 @@ class SearchConfig(_Section):
     """How `tsearch search` explores: ignored by `tsearch train`."""
 
     name: str | None = None  # experiment name (Ray run dir, Optuna study, MLflow parent run)
-    algorithm: Literal["tpe"] = "tpe"  # Optuna TPE via Ray's OptunaSearch
+    algorithm: Literal["tpe", "random"] = "tpe"  # Optuna's TPE or random sampler
     num_samples: int = Field(10, ge=1)  # trials
     max_concurrent: int = Field(2, ge=1)
     seed: int = Field(0, ge=0)  # TPE seed

@@ -30,6 +30,7 @@ class TrialSummary:
     status: str
     config: dict[str, Any]
     fids: list[tuple[float, float]] = field(default_factory=list)  # (kimg, fid)
+    times: list[float] = field(default_factory=list)  # wall-clock timestamp of each FID
     run_id: str | None = None
     node_ip: str | None = None
     error: str | None = None
@@ -201,7 +202,8 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         space=space.define_by_run(),
         metric=s.metric, mode=s.mode,
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        sampler=optuna.samplers.TPESampler(seed=s.seed),
+        sampler=(optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "tpe"
+                 else optuna.samplers.RandomSampler(seed=s.seed)),
         study_name=f"tsearch-{name}",
     )
     if s.asha.enabled:
@@ -232,15 +234,19 @@ def _summaries(grid) -> list[TrialSummary]:
     for result in grid:
         df = result.metrics_dataframe
         fids: list[tuple[float, float]] = []
+        times: list[float] = []
         if df is not None and "eval/fid" in df and "kimg" in df:
-            fids = [(float(k), float(f)) for k, f in zip(df["kimg"], df["eval/fid"], strict=True)
-                    if f == f]
+            stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
+            for k, f, ts in zip(df["kimg"], df["eval/fid"], stamps, strict=True):
+                if f == f:
+                    fids.append((float(k), float(f)))
+                    times.append(float(ts))
         last = result.metrics or {}
         status = "ERROR" if result.error else "TERMINATED"
         config = {k: v for k, v in (result.config or {}).items()}
         out.append(TrialSummary(
             trial_id=last.get("trial_id", result.path.rsplit("/", 1)[-1]), status=status,
-            config=config, fids=fids, run_id=last.get("mlflow_run_id"),
+            config=config, fids=fids, times=times, run_id=last.get("mlflow_run_id"),
             node_ip=last.get("node_ip"),
             error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
             path=result.path,
