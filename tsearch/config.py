@@ -167,6 +167,7 @@ class SearchConfig(_Section):
     num_samples: int = Field(10, ge=1)  # trials
     max_concurrent: int = Field(2, ge=1)
     seed: int = Field(0, ge=0)  # TPE seed
+    tpe_startup_trials: int = Field(5, ge=1)  # random trials before TPE models the results
     metric: Literal["eval/fid"] = "eval/fid"
     mode: Literal["min"] = "min"
     asha: AshaConfig = AshaConfig()

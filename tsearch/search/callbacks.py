@@ -23,7 +23,9 @@ class ProgressCallback(Callback):
                  f"FID {fid:8.2f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(f"  {trial.trial_id} done")
+        last = trial.last_result or {}
+        self.say(f"  {trial.trial_id} ended at {last.get('kimg', 0):.2f} kimg, "
+                 f"FID {last.get('eval/fid', math.nan):.2f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.say(f"  {trial.trial_id} failed (see its MLflow run for the reason)")
@@ -34,7 +36,6 @@ class MlflowTrialCallback(Callback):
 
     def __init__(self, tracking_uri: str):
         self.uri = tracking_uri
-        self._client = None
 
     def _close(self, trial: Any, status: str, note: str) -> None:
         from tsearch.tracking.queries import close_trial_run

@@ -8,6 +8,7 @@ The trial logs into its own MLflow child run, re-opened on resume.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     from tsearch.tracking import build_tracker
     from tsearch.train import train
 
+    # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     cfg = resolve_trial_config(base, config)

@@ -202,7 +202,8 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         space=space.define_by_run(),
         metric=s.metric, mode=s.mode,
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        sampler=(optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "tpe"
+        sampler=(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.tpe_startup_trials)
+                 if s.algorithm == "tpe"
                  else optuna.samplers.RandomSampler(seed=s.seed)),
         study_name=f"tsearch-{name}",
     )
