@@ -148,6 +148,20 @@ def test_diverging_trial_fails_and_search_completes(tmp_path):
 
 
 @pytest.mark.slow
+def test_search_where_no_trial_evaluates_exits_non_zero(tmp_path):
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=1",
+                   "--set", "search.points_to_evaluate=[{optim.weight_decay: 1.0e6}]",
+                   "--set", "search.max_failures=0", "--set", "optim.lr=1.0",
+                   "--set", "search.space={optim.weight_decay: {choice: [1.0e6]}}",
+                   cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no trial of search 'smoke' reached an evaluation" in last and "diverged" in last
+    # The failed trial is still on record, with its summary.
+    assert (tmp_path / "ray" / "smoke" / "summary" / "trials.csv").is_file()
+
+
+@pytest.mark.slow
 def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
     args = [sys.executable, "-m", "tsearch.cli.main", "search", str(SMOKE), *common(tmp_path),
             "--set", "search.num_samples=4", "--set", "search.max_concurrent=1",

@@ -9,6 +9,7 @@ are validated against the plugin's own ``Params`` model by ``tsearch.timesteps.c
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -145,7 +146,8 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     backend: Literal["mlflow", "none"] = "mlflow"
     uri: str = "sqlite:///tsearch-runs/mlflow.db"  # relative sqlite paths resolve against cwd
-    artifact_root: str = "tsearch-runs/artifacts"  # used when the experiment is created
+    # Used when the experiment is created; None: the tracking server's own artifact store.
+    artifact_root: str | None = "tsearch-runs/artifacts"
     experiment: str = "tsearch"
     run_name: str | None = None
 
@@ -328,9 +330,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- YAML file (if any) <- dotted overrides, validated."""
+    """Defaults <- environment <- YAML file (if any) <- dotted overrides, validated.
+
+    ``MLFLOW_TRACKING_URI`` (MLflow's own convention) and ``TSEARCH_STORAGE_PATH`` fill
+    ``tracking.uri`` and ``search.storage_path`` when neither the file nor an override sets them,
+    so one environment (e.g. a cluster's) points every command at the same server and storage.
+    """
     raw = read_yaml(path) if path is not None else {}
-    return validate_config(apply_overrides(raw, overrides))
+    raw = apply_overrides(raw, overrides)
+    for env, section, key in (("MLFLOW_TRACKING_URI", "tracking", "uri"),
+                              ("TSEARCH_STORAGE_PATH", "search", "storage_path")):
+        value = os.environ.get(env, "").strip()
+        if value and isinstance(raw.get(section, {}), dict) and key not in raw.get(section, {}):
+            raw.setdefault(section, {})[key] = value
+    return validate_config(raw)
 
 
 def save_resolved(cfg: Config, path: str | Path) -> None:

@@ -130,6 +130,54 @@ def search(
 
     result = run_search(cfg, config, address=address, resume=resume)
     _print_search_result(result)
+    if result.best is None:
+        errors = sorted({t.error for t in result.trials if t.error})
+        raise TsearchError(f"no trial of search {result.name!r} reached an evaluation"
+                           + (f"; first error: {errors[0]}" if errors else "")
+                           + " (each trial's MLflow run and error.txt say more)")
+
+
+@app.command()
+def submit(
+    config: ConfigArg = None,
+    overrides: Overrides = None,
+    address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--address", help="The cluster's Ray Jobs API, http://HEAD:8265 "
+                     "(or RAY_API_SERVER_ADDRESS)."),
+    ] = None,
+    working_dir: Annotated[
+        Path, typer.Option("--working-dir", help="Directory uploaded with the job; holds CONFIG.")
+    ] = Path("."),
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Stream the job's log until it ends; exit with its "
+                           "status.")
+    ] = False,
+) -> None:
+    """Run a search on a Ray cluster as a Ray Job (the working directory is uploaded)."""
+    if config is None:
+        raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
+    cfg = _load(config, overrides)
+    from tsearch.search.submit import follow
+    from tsearch.search.submit import submit as submit_job
+    from tsearch.search.tuner import plan, search_name
+
+    plan(cfg, config)
+    name = search_name(cfg, config)
+    sub = submit_job(cfg, config, list(overrides or []), address=address,
+                     working_dir=working_dir, name=name)
+    typer.echo(f"submitted search {name!r} as Ray job {sub.job_id} to {sub.address}")
+    typer.echo(f"  runs:   {sub.entrypoint}")
+    typer.echo(f"  follow: ray job logs --follow --address {sub.address} {sub.job_id}")
+    typer.echo(f"  status: ray job status --address {sub.address} {sub.job_id}")
+    typer.echo(f"  stop:   ray job stop --address {sub.address} {sub.job_id}")
+    typer.echo(f"  runs in MLflow: tsearch runs list --tracking-uri {cfg.tracking.uri}")
+    if wait:
+        status = follow(sub)
+        typer.echo(f"Ray job {sub.job_id}: {status}")
+        if status != "SUCCEEDED":
+            raise TsearchError(f"Ray job {sub.job_id} ended {status}; its log is above "
+                               f"(ray job logs --address {sub.address} {sub.job_id})")
 
 
 def _print_search_result(result) -> None:
@@ -147,9 +195,10 @@ def _print_search_result(result) -> None:
     console.print(table)
     uri = result.tracking_uri
     typer.echo(f"MLflow parent run: {result.parent_run_id}")
-    typer.echo(f"look at it:   mlflow ui --backend-store-uri {uri}")
+    typer.echo(f"look at it:   open {uri}" if uri.startswith(("http://", "https://"))
+               else f"look at it:   mlflow ui --backend-store-uri {uri}")
     typer.echo(f"export best:  tsearch export best --search {result.name} -o best-sampler.yaml"
-               + (f" --set tracking.uri={uri}" if uri.startswith("http") else ""))
+               + (f" --tracking-uri {uri}" if uri.startswith("http") else ""))
 
 
 def _fmt(v) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 from tsearch.errors import TsearchError
 
@@ -44,21 +45,52 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tiny trials checkpoint every few seconds by design; Tune warns about each snapshot.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     if ray.is_initialized():
         return
     check_ray_address(address)
+    if address is not None:
+        prepare_token_auth()
     try:
         if address is None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=True, configure_logging=True, logging_level="warning")
         else:
             ray.init(address=address, log_to_driver=True, logging_level="warning")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # ray raises ConnectionError, RuntimeError, AuthenticationError...
+        text = str(exc).strip()
+        if "authentication token" in text.lower() or "Unauthenticated" in text:
+            raise TsearchError(
+                f"Ray cluster at {address} refused this driver: it needs the cluster's token. "
+                "Set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH to a file holding it); on the head, "
+                "`ray get-auth-token` prints it") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if address is not None and not _has_token():
+            raise TsearchError(
+                f"could not connect to Ray at {address} ({first[:120]}) and this driver has no "
+                "cluster token: if the cluster uses token authentication (Ray's default), set "
+                "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; `ray get-auth-token` on the head prints "
+                "it") from None
         raise TsearchError(f"could not connect to Ray at {address or 'local'}: {first[:200]}; "
                            "check --address and the cluster token (RAY_AUTH_TOKEN)") from None
+
+
+def prepare_token_auth() -> None:
+    """A token is given (env, token file): use it, don't guess. Ray only does so for local Ray."""
+    if _has_token() and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _has_token() -> bool:
+    """A cluster token is available the ways Ray looks for one (env, token file, ~/.ray)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).expanduser().is_file() if path else (
+        Path.home() / ".ray" / "auth_token").is_file()
 
 
 def shutdown_ray() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ def run_search(
     storage = cfg.search.storage_path
     storage = storage if "://" in storage else str(Path(storage).resolve())
     exp_path = Path(storage) / name
+    if (address or os.environ.get("RAY_ADDRESS")) and "://" not in cfg.search.storage_path:
+        say(f"note: trials on other nodes checkpoint to {storage}; it must be a filesystem every "
+            "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
     state_file = exp_path / STATE_FILE
 
     init_ray(address, num_cpus=None)

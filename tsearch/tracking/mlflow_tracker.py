@@ -46,6 +46,10 @@ from tsearch.tracking.base import (
     status_for_exception,
 )
 
+# MLflow prints two "View run" URL lines at every end_run against a server; with dozens of trials
+# they drown tsearch's own progress lines (the URLs are in `tsearch runs` and the summary).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
