@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def cluster():
                                 for p in sorted((c.dir / "logs").glob("*.log"))))
     yield c
     c.script("down")  # idempotent: the teardown test has normally done it already
+    shutil.rmtree(c.dir, ignore_errors=True)
 
 
 def trials_csv(path: Path) -> list[dict[str, str]]:
