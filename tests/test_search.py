@@ -201,10 +201,80 @@ def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
 
 
-@pytest.mark.parametrize("name,trials", [("cifar10-paper", 48), ("quickstart", 10)])
-def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials):
+@pytest.mark.slow
+def test_grid_search_runs_exactly_its_cells(tmp_path):
+    space = ("search.space={method: {bundle: {u: {timesteps.sampler.name: uniform}, "
+             "s: {timesteps.sampler.name: speed, timesteps.weighting.name: speed}}}, "
+             "train.seed: {choice: [5, 6]}}")
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.algorithm=grid",
+                   "--set", space, "--set", "search.points_to_evaluate=[]",
+                   "--set", "search.asha.enabled=false", "--set", "train.total_kimg=0.2",
+                   "--set", "search.name=grid", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "ray" / "grid" / "summary" / "trials.csv").open()))
+    cells = sorted((r["method"], r["timesteps.sampler.name"], r["timesteps.weighting.name"],
+                    r["train.seed"]) for r in rows)
+    assert cells == [("s", "speed", "speed", "5"), ("s", "speed", "speed", "6"),
+                     ("u", "uniform", "", "5"), ("u", "uniform", "", "6")]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kids = children(client, parent_of(client, "grid").info.run_id)
+    used = sorted((k.data.params["config.timesteps.sampler.name"],
+                   k.data.params["config.train.seed"]) for k in kids)
+    assert used == [("speed", "5"), ("speed", "6"), ("uniform", "5"), ("uniform", "6")]
+
+
+@pytest.mark.slow
+def test_random_search_draws_the_seeded_sequence(tmp_path):
+    import optuna
+
+    from tsearch.config import load_config
+    from tsearch.search.space import SearchSpace
+
+    space = "search.space={optim.lr: {float: [1.0e-3, 3.0e-3], log: true}}"
+    args = ["--set", space, "--set", "search.algorithm=random", "--set", "search.seed=11",
+            "--set", "search.num_samples=3", "--set", "search.max_concurrent=1",
+            "--set", "search.points_to_evaluate=[]", "--set", "search.asha.enabled=false",
+            "--set", "train.total_kimg=0.2", "--set", "search.name=rand"]
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "ray" / "rand" / "summary" / "trials.csv").open()))
+    got = sorted(float(r["optim.lr"]) for r in rows)
+    sp = SearchSpace.from_config(load_config(SMOKE, [a for a in args if a != "--set"]))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=11))
+    want = []
+    for _ in range(3):
+        trial = study.ask()
+        sp.define_by_run()(trial)
+        want.append(trial.params["optim.lr"])
+    assert got == pytest.approx(sorted(want), rel=1e-9)
+
+
+@pytest.mark.parametrize("name,trials,needle", [
+    ("cifar10-paper", 48, "timesteps.sampler.name: choice"),
+    ("quickstart", 10, "timesteps.sampler.name: choice"),
+    ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
+])
+def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials, needle):
     proc = tsearch("search", str(ROOT / "experiments" / f"{name}.yaml"), "--dry-run",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"# search '{name}': {trials} trials" in proc.stdout
-    assert "timesteps.sampler.name: choice" in proc.stdout
+    assert needle in proc.stdout
+
+
+def test_replication_grid_has_every_cell_once(tmp_path):
+    proc = tsearch("search", str(ROOT / "experiments" / "replicate-digits.yaml"), "--dry-run",
+                   cwd=tmp_path)
+    cells = [line.split(": ", 1)[1] for line in proc.stdout.splitlines()
+             if line.startswith("# cell")]
+    parsed = [dict(kv.split("=", 1) for kv in c.split(", ")) for c in cells]
+    assert len(parsed) == len({tuple(sorted(p.items())) for p in parsed}) == 45
+    by_method: dict[str, set] = {}
+    for p in parsed:
+        by_method.setdefault(p["method"], set()).add(
+            (p.get("diffusion.schedule", "linear"), p["train.seed"]))
+    assert len(by_method) == 9
+    for method, cellset in by_method.items():
+        schedules = {"linear", "cosine", "quad"} if method in ("uniform", "speed", "adaptive") \
+            else {"linear"}
+        assert cellset == {(s, seed) for s in schedules for seed in ("101", "102", "103")}

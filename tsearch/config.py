@@ -165,8 +165,9 @@ class SearchConfig(_Section):
     """How `tsearch search` explores: ignored by `tsearch train`."""
 
     name: str | None = None  # experiment name (Ray run dir, Optuna study, MLflow parent run)
-    algorithm: Literal["tpe", "random"] = "tpe"  # Optuna's TPE or random sampler
-    num_samples: int = Field(10, ge=1)  # trials
+    # Optuna's TPE or random sampler, or every cell of the space once (grid)
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    num_samples: int = Field(10, ge=1)  # trials (a grid runs each of its cells once instead)
     max_concurrent: int = Field(2, ge=1)
     seed: int = Field(0, ge=0)  # TPE seed
     tpe_startup_trials: int = Field(5, ge=1)  # random trials before TPE models the results

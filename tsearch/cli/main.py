@@ -116,15 +116,19 @@ def search(
     if config is None:
         raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
     cfg = _load(config, overrides)
-    from tsearch.search.tuner import plan, search_name
+    from tsearch.search.tuner import num_trials, plan, search_name
 
     space, _ = plan(cfg, config)
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
-        typer.echo(f"# search {search_name(cfg, config)!r}: {cfg.search.num_samples} trials, "
-                   f"ASHA {'on' if cfg.search.asha.enabled else 'off'}; space:")
+        typer.echo(f"# search {search_name(cfg, config)!r}: {num_trials(cfg, space)} trials "
+                   f"({cfg.search.algorithm}), ASHA {'on' if cfg.search.asha.enabled else 'off'}"
+                   "; space:")
         for line in space.describe():
             typer.echo(f"#   {line}")
+        if cfg.search.algorithm == "grid":
+            for i, cell in enumerate(space.grid()):
+                typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
         return
     from tsearch.search.tuner import run_search
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tsearch.search.space import flat_config
+
 
 class ProgressCallback(Callback):
     """One line per trial evaluation: which sampler, how far, what FID."""
@@ -18,7 +20,7 @@ class ProgressCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         fid = result.get("eval/fid", math.nan)
-        sampler = trial.config.get("timesteps.sampler.name", "")
+        sampler = flat_config(trial.config).get("timesteps.sampler.name", "")
         self.say(f"  {trial.trial_id} {sampler:<11} kimg {result.get('kimg', 0):6.2f}  "
                  f"FID {fid:8.2f}")
 

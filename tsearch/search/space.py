@@ -12,6 +12,20 @@ Entries are suggested in file order, and ``when`` may only refer to keys listed 
 sampler is chosen before its own hyperparameters (a conditional space that TPE handles). Every
 key is checked against the config models before anything runs: a sampler hyperparameter must be
 a field of that sampler's ``Params``.
+
+A ``bundle`` entry is a named choice among sets of values, for "methods" that set several keys
+at once; its key is a free label (kept in the trial's config and reports, not a config field):
+
+```yaml
+    method:
+      bundle:
+        uniform: {timesteps.sampler.name: uniform}
+        p2: {timesteps.sampler.name: uniform, timesteps.weighting.name: p2}
+    diffusion.schedule: {choice: [linear, cosine], when: {method: uniform}}
+```
+
+``search.algorithm: grid`` runs every combination of the choices and bundles once (``when``
+prunes the tree), which makes a replication study (method x schedule x seed) a search.
 """
 
 from __future__ import annotations
@@ -30,22 +44,25 @@ _PLUGIN_KEYS = {"timesteps.sampler": SAMPLERS, "timesteps.weighting": WEIGHTINGS
 
 
 class ParamSpec(BaseModel):
-    """One searched parameter: exactly one of ``float``, ``int`` or ``choice``."""
+    """One searched parameter: exactly one of ``float``, ``int``, ``choice`` or ``bundle``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     float_range: tuple[float, float] | None = Field(None, alias="float")
     int_range: tuple[int, int] | None = Field(None, alias="int")
     choice: list[Any] | None = None
+    bundle: dict[str, dict[str, Any]] | None = None  # name -> {dotted key: value}
     log: bool = False
     step: float | None = Field(None, gt=0)
     when: dict[str, Any] = Field(default_factory=dict)  # key -> value or list of values
 
     @model_validator(mode="after")
     def _one_kind(self) -> ParamSpec:
-        kinds = [k for k in ("float_range", "int_range", "choice") if getattr(self, k) is not None]
+        kinds = [k for k in ("float_range", "int_range", "choice", "bundle")
+                 if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of float: [lo, hi], int: [lo, hi], choice: [...]")
+            raise ValueError("give exactly one of float: [lo, hi], int: [lo, hi], choice: [...], "
+                             "bundle: {name: {key: value}}")
         rng = self.float_range or self.int_range
         if rng is not None and not rng[0] < rng[1]:
             raise ValueError(f"range {list(rng)} must have lo < hi")
@@ -53,6 +70,8 @@ class ParamSpec(BaseModel):
             raise ValueError(f"log scale needs a positive range, got {list(rng)}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice must list at least one value")
+        if self.bundle is not None and not self.bundle:
+            raise ValueError("bundle must name at least one set of values")
         return self
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
@@ -63,6 +82,8 @@ class ParamSpec(BaseModel):
         return True
 
     def values(self) -> list[Any] | None:
+        if self.bundle is not None:
+            return list(self.bundle)
         return list(self.choice) if self.choice is not None else None
 
 
@@ -101,12 +122,17 @@ class DefineByRun:
     def __init__(self, specs: dict[str, ParamSpec]):
         self.specs = specs
 
-    def __call__(self, trial: Any) -> None:
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
         chosen: dict[str, Any] = {}
+        constants: dict[str, Any] = {}  # what the chosen bundles set (Ray merges it in)
         for key, spec in self.specs.items():
             if not spec.active(chosen):
                 continue
-            if spec.choice is not None:
+            if spec.bundle is not None:
+                chosen[key] = trial.suggest_categorical(key, list(spec.bundle))
+                constants.update(spec.bundle[chosen[key]])
+                chosen.update(spec.bundle[chosen[key]])  # as in grid(): `when` may test them
+            elif spec.choice is not None:
                 chosen[key] = trial.suggest_categorical(key, spec.choice)
             elif spec.float_range is not None:
                 lo, hi = spec.float_range
@@ -116,7 +142,7 @@ class DefineByRun:
                 lo, hi = spec.int_range
                 chosen[key] = trial.suggest_int(key, lo, hi, log=spec.log,
                                                 step=int(spec.step or 1))
-        return None
+        return constants or None
 
 
 class SearchSpace:
@@ -148,8 +174,24 @@ class SearchSpace:
         space._check_keys(cfg)
         return space
 
+    @property
+    def labels(self) -> list[str]:
+        """Bundle keys: names in trial configs and reports, not config fields."""
+        return [k for k, spec in self.specs.items() if spec.bundle is not None]
+
     def _check_keys(self, cfg: Config) -> None:
+        base = cfg.to_dict()
         for key, spec in self.specs.items():
+            if spec.bundle is not None:
+                if _config_field_exists(key):
+                    raise ConfigError(f"config error: search.space.{key}: a bundle needs a label "
+                                      "of its own (e.g. method), not a config field")
+                for name, values in spec.bundle.items():
+                    try:
+                        resolve_trial_config(base, values)
+                    except ConfigError as exc:
+                        raise ConfigError(f"search.space.{key}.bundle.{name}: {exc}") from None
+                continue
             plugin = next((p for p in _PLUGIN_KEYS if key.startswith(p + ".params.")), None)
             if plugin is None:
                 if not _config_field_exists(key):
@@ -188,10 +230,41 @@ class SearchSpace:
         """The function Optuna calls per trial; it only suggests (nothing to compute)."""
         return DefineByRun(self.specs)
 
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of choices and bundles, in file order; ``when`` prunes branches.
+
+        Each cell is a flat trial config: chosen values, bundle labels and what bundles set.
+        """
+        ranged = [k for k, spec in self.specs.items() if spec.values() is None]
+        if ranged:
+            raise ConfigError(f"config error: search.space.{ranged[0]}: search.algorithm = grid "
+                              "needs choice: [...] or bundle: {...} for every key, not a range")
+        cells: list[dict[str, Any]] = []
+        keys = list(self.specs)
+
+        def walk(i: int, cell: dict[str, Any]) -> None:
+            if i == len(keys):
+                cells.append(cell)
+                return
+            spec = self.specs[keys[i]]
+            if not spec.active(cell):
+                walk(i + 1, cell)
+                return
+            for value in spec.values() or []:
+                extra = spec.bundle[value] if spec.bundle is not None else {}
+                walk(i + 1, {**cell, keys[i]: value, **extra})
+
+        walk(0, {})
+        return cells
+
     def describe(self) -> list[str]:
         lines = []
         for key, spec in self.specs.items():
-            if spec.choice is not None:
+            if spec.bundle is not None:
+                dist = "bundle " + "; ".join(
+                    f"{name}: " + ", ".join(f"{k}={v}" for k, v in vals.items())
+                    for name, vals in spec.bundle.items())
+            elif spec.choice is not None:
                 dist = f"choice {spec.choice}"
             else:
                 rng = spec.float_range or spec.int_range
@@ -203,16 +276,28 @@ class SearchSpace:
         return lines
 
 
-def resolve_trial_config(base: Mapping[str, Any], flat: Mapping[str, Any]) -> Config:
-    """A trial's flat dotted values over the base config, fully validated."""
-    cfg = validate_config(merge_flat(base, flat))
+GRID_KEY = "cell"  # a grid trial's config is {GRID_KEY: {dotted key: value}} in Tune
+
+
+def flat_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A trial's flat dotted values, whether Tune holds them directly or as a grid cell."""
+    flat = dict(config or {})
+    cell = flat.pop(GRID_KEY, None)
+    return {**flat, **cell} if isinstance(cell, dict) else flat
+
+
+def resolve_trial_config(base: Mapping[str, Any], flat: Mapping[str, Any],
+                         labels: tuple[str, ...] | list[str] = ()) -> Config:
+    """A trial's flat dotted values over the base config (bundle ``labels`` dropped), validated."""
+    cfg = validate_config(merge_flat(base, {k: v for k, v in flat.items() if k not in labels}))
     check_config(cfg)
     return cfg
 
 
-def check_points(base: Mapping[str, Any], points: list[dict[str, Any]]) -> None:
+def check_points(base: Mapping[str, Any], points: list[dict[str, Any]],
+                 labels: tuple[str, ...] | list[str] = ()) -> None:
     for i, point in enumerate(points):
         try:
-            resolve_trial_config(base, point)
+            resolve_trial_config(base, point, labels)
         except ConfigError as exc:
             raise ConfigError(f"search.points_to_evaluate[{i}]: {exc}") from None

@@ -22,15 +22,16 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     """Train with the trial's flat dotted ``config`` merged over ``base``; report to Tune."""
     from ray import tune
 
-    from tsearch.search.space import resolve_trial_config
+    from tsearch.search.space import flat_config, resolve_trial_config
     from tsearch.tracking import build_tracker
     from tsearch.train import train
 
     # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    config = flat_config(config)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = resolve_trial_config(base, config)
+    cfg = resolve_trial_config(base, config, meta.get("labels", ()))
     run_dir = Path(ctx.get_trial_dir()) / "run"
     run_id = None
     resume = False

@@ -20,7 +20,13 @@ import yaml
 
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.search.space import SearchSpace, check_points
+from tsearch.search.space import (
+    GRID_KEY,
+    SearchSpace,
+    check_points,
+    flat_config,
+    resolve_trial_config,
+)
 
 STATE_FILE = "tsearch-search.json"
 
@@ -56,6 +62,7 @@ class SearchResult:
     best_config: dict[str, Any] | None
     tracking_uri: str
     seconds: float
+    labels: list[str] = field(default_factory=list)  # bundle keys: not config fields
 
     @property
     def best(self) -> TrialSummary | None:
@@ -83,13 +90,27 @@ def base_config(cfg: Config, tracking_uri: str) -> dict[str, Any]:
     return raw
 
 
+def num_trials(cfg: Config, space: SearchSpace) -> int:
+    """A grid runs each cell once; the other algorithms run ``search.num_samples`` trials."""
+    return len(space.grid()) if cfg.search.algorithm == "grid" else cfg.search.num_samples
+
+
 def plan(cfg: Config, config_path: Path | None) -> tuple[SearchSpace, dict[str, Any]]:
     """Validate the space and points before anything starts (used by --dry-run too)."""
     space = SearchSpace.from_config(cfg)
     if not space.specs:
         raise ConfigError("config error: search.space is empty: list the parameters to search")
     base = base_config(cfg, cfg.tracking.uri)
-    check_points(base, cfg.search.points_to_evaluate)
+    check_points(base, cfg.search.points_to_evaluate, space.labels)
+    if cfg.search.algorithm == "grid":
+        if cfg.search.points_to_evaluate:
+            raise ConfigError("config error: search.points_to_evaluate: a grid runs every cell "
+                              "already; remove the points or use algorithm tpe or random")
+        for i, cell in enumerate(space.grid()):
+            try:
+                resolve_trial_config(base, cell, space.labels)
+            except ConfigError as exc:
+                raise ConfigError(f"grid cell {i} {cell}: {exc}") from None
     asha = cfg.search.asha
     if asha.enabled and asha.grace_kimg > cfg.train.total_kimg:
         raise ConfigError(f"config error: search.asha.grace_kimg = {asha.grace_kimg} exceeds "
@@ -157,10 +178,10 @@ def run_search(
         parent.log_dict(cfg.to_dict(), "search_config.json")
         exp_path.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
-    meta = {"parent_run_id": parent.run_id, "search_name": name}
+    meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
-    say(f"search {name!r}: {cfg.search.num_samples} trials, up to {cfg.search.max_concurrent} "
+    say(f"search {name!r}: {num_trials(cfg, space)} trials, up to {cfg.search.max_concurrent} "
         f"at once; MLflow parent run {parent.run_id} at {uri}")
     try:
         tuner = _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say)
@@ -168,7 +189,7 @@ def run_search(
         trials = _summaries(grid)
         result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
                               trials=trials, best_config=None, tracking_uri=uri,
-                              seconds=time.perf_counter() - start)
+                              seconds=time.perf_counter() - start, labels=space.labels)
         result.best_config = _finish(parent, result, base, exp_path)
     except KeyboardInterrupt:
         parent.finish("KILLED", "interrupted; continue with tsearch search --resume")
@@ -200,17 +221,26 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         say(f"resuming {exp_path}")
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
-    import optuna
+    if s.algorithm == "grid":
+        # Each cell as one grid value: cells set different keys, which Tune's own grid (a
+        # product of per-key lists) cannot express. No search_alg: Tune's variant generator.
+        param_space = {GRID_KEY: tune.grid_search(space.grid())}
+        search_alg, num_samples = None, 1
+    else:
+        import optuna
 
-    searcher = OptunaSearch(
-        space=space.define_by_run(),
-        metric=s.metric, mode=s.mode,
-        points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        sampler=(optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.tpe_startup_trials)
-                 if s.algorithm == "tpe"
-                 else optuna.samplers.RandomSampler(seed=s.seed)),
-        study_name=f"tsearch-{name}",
-    )
+        searcher = OptunaSearch(
+            space=space.define_by_run(),
+            metric=s.metric, mode=s.mode,
+            points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
+            sampler=(optuna.samplers.TPESampler(seed=s.seed,
+                                                n_startup_trials=s.tpe_startup_trials)
+                     if s.algorithm == "tpe"
+                     else optuna.samplers.RandomSampler(seed=s.seed)),
+            study_name=f"tsearch-{name}",
+        )
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+        param_space, num_samples = None, s.num_samples
     if s.asha.enabled:
         scheduler = ASHAScheduler(time_attr="kimg", max_t=cfg.train.total_kimg,
                                   metric=s.metric, mode=s.mode,
@@ -221,9 +251,10 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            num_samples=s.num_samples,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            num_samples=num_samples, search_alg=search_alg,
+            max_concurrent_trials=s.max_concurrent if search_alg is None else None,
             scheduler=scheduler, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
@@ -248,7 +279,7 @@ def _summaries(grid) -> list[TrialSummary]:
                     times.append(float(ts))
         last = result.metrics or {}
         status = "ERROR" if result.error else "TERMINATED"
-        config = {k: v for k, v in (result.config or {}).items()}
+        config = flat_config(result.config)
         out.append(TrialSummary(
             trial_id=last.get("trial_id", result.path.rsplit("/", 1)[-1]), status=status,
             config=config, fids=fids, times=times, run_id=last.get("mlflow_run_id"),
@@ -288,7 +319,8 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     best_cfg = None
     if result.best is not None:
         best = result.best
-        best_cfg = merge_flat(base, best.config)
+        best_cfg = merge_flat(base, {k: v for k, v in best.config.items()
+                                     if k not in result.labels})
         best_cfg.pop("search", None)
         best_cfg["tracking"]["run_name"] = None
         (out / "best_config.yaml").write_text(_best_yaml(best_cfg, result, best))
