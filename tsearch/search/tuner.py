@@ -172,18 +172,18 @@ def run_search(
                            run_name=name, run_id=parent_id,
                            tags={"tsearch.kind": "search", "tsearch.search": name,
                                  "tsearch.storage": str(exp_path)})
-    if parent_id is None:
-        parent.log_params({"search": cfg.search.model_dump(mode="json"),
-                           "base": {k: v for k, v in cfg.to_dict().items() if k != "search"}})
-        parent.log_dict(cfg.to_dict(), "search_config.json")
-        exp_path.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
     meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
-    say(f"search {name!r}: {num_trials(cfg, space)} trials, up to {cfg.search.max_concurrent} "
-        f"at once; MLflow parent run {parent.run_id} at {uri}")
     try:
+        if parent_id is None:
+            parent.log_params({"search": cfg.search.model_dump(mode="json"),
+                               "base": {k: v for k, v in cfg.to_dict().items() if k != "search"}})
+            parent.log_dict(cfg.to_dict(), "search_config.json")
+            exp_path.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
+        say(f"search {name!r}: {num_trials(cfg, space)} trials, up to "
+            f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at {uri}")
         tuner = _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say)
         grid = tuner.fit()
         trials = _summaries(grid)

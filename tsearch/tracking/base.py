@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -77,15 +78,19 @@ class Tracker(Protocol):
     ) -> None: ...
 
 
+_PARAM_NAME_BAD = re.compile(r"[^\w\-. :/]")  # what mlflow/utils/validation.py refuses
+
+
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested mappings to ``{"a.b.c": "value"}``: MLflow params are flat strings.
 
     Values are ``str()``-ed and truncated to MLflow's 6000-character limit so that one long value
-    (a list of channels, a path) cannot make the whole batch fail.
+    (a list of channels, a path) cannot make the whole batch fail. Characters MLflow refuses in
+    names (e.g. the ``+`` of a bundle named ``uniform+p2``) become ``_``.
     """
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_PARAM_NAME_BAD.sub('_', str(key))}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
