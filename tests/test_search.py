@@ -203,7 +203,7 @@ def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
 
 @pytest.mark.slow
 def test_grid_search_runs_exactly_its_cells(tmp_path):
-    space = ("search.space={method: {bundle: {u: {timesteps.sampler.name: uniform}, "
+    space = ("search.space={method: {bundle: {u+w: {timesteps.sampler.name: uniform}, "
              "s: {timesteps.sampler.name: speed, timesteps.weighting.name: speed}}}, "
              "train.seed: {choice: [5, 6]}}")
     proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.algorithm=grid",
@@ -215,7 +215,7 @@ def test_grid_search_runs_exactly_its_cells(tmp_path):
     cells = sorted((r["method"], r["timesteps.sampler.name"], r["timesteps.weighting.name"],
                     r["train.seed"]) for r in rows)
     assert cells == [("s", "speed", "speed", "5"), ("s", "speed", "speed", "6"),
-                     ("u", "uniform", "", "5"), ("u", "uniform", "", "6")]
+                     ("u+w", "uniform", "", "5"), ("u+w", "uniform", "", "6")]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     kids = children(client, parent_of(client, "grid").info.run_id)
     used = sorted((k.data.params["config.timesteps.sampler.name"],

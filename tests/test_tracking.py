@@ -69,6 +69,19 @@ def test_flatten_params_dots_stringifies_and_truncates() -> None:
     }
 
 
+def test_flatten_params_replaces_characters_mlflow_refuses(tmp_path) -> None:
+    flat = flatten_params({"bundle": {"uniform+p2": {"timesteps.sampler.name": "uniform+x"}}})
+    assert flat == {"bundle.uniform_p2.timesteps.sampler.name": "uniform+x"}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run = client.create_run(client.create_experiment("e"))
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat.items()])
+    assert client.get_run(run.info.run_id).data.params == flat
+
+
 def test_null_tracker_keeps_history_and_fails_with_reason() -> None:
     tracker = NullTracker()
     assert isinstance(tracker, Tracker)
