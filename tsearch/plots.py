@@ -220,3 +220,44 @@ def plot_sampler_preview(
     bottom.set_xlabel("timestep t (0 = clean, T-1 = pure noise)")
     bottom.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_fid_bands(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Mean FID against training progress, one line per label, with a shaded +-std band.
+
+    ``series[label] = (kimgs, means, stds)``; a NaN std (a single seed) draws no band at that
+    point. The y axis is logarithmic when the FIDs span more than 10x.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    all_fids: list[np.ndarray] = []
+    for label, (kimgs, means, stds) in series.items():
+        x = np.asarray(kimgs, dtype=np.float64)
+        y = np.asarray(means, dtype=np.float64)
+        s = np.asarray(stds, dtype=np.float64)
+        if not x.shape == y.shape == s.shape:
+            raise ValueError(f"series {label!r}: {x.size} kimg values, {y.size} means and "
+                             f"{s.size} stds")
+        order = np.argsort(x, kind="stable")
+        x, y, s = x[order], y[order], s[order]
+        (line,) = ax.plot(x, y, marker="o", markersize=4, label=str(label))
+        band = np.isfinite(s)
+        if band.any():
+            ax.fill_between(x, y - np.where(band, s, 0), y + np.where(band, s, 0), where=band,
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        all_fids.append(y)
+    if all_fids and _wide_range(np.concatenate(all_fids)):
+        ax.set_yscale("log")
+    if not series:
+        ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
+    elif len(series) <= 20:
+        ax.legend(loc="best", fontsize="small")
+    ax.set_xlabel("training progress (kimg)")
+    ax.set_ylabel("FID (lower is better), mean +- std over seeds")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "FID over training")
+    return _save(fig, path)

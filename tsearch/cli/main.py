@@ -278,6 +278,42 @@ def export_best(
     typer.echo(f"best config of search {parent.name} (FID {parent.best_fid:.2f}) -> {output}")
 
 
+@app.command()
+def report(
+    search_ref: Annotated[str, typer.Argument(metavar="SEARCH",
+                                              help="Search name or parent run id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write "
+                                         "report.html, report.md, report.json and PNGs to.")],
+    tracking_uri: TrackingUri = DEFAULT_URI,
+    seed_key: Annotated[str, typer.Option("--seed-key", help="Searched key whose values are "
+                                          "repeats (mean +- std over them).")] = "train.seed",
+    baseline: Annotated[str, typer.Option("--baseline", help="Row the speed-ups are relative "
+                                          "to (its final FID is the target).")] = "uniform",
+) -> None:
+    """Tables and plots of a search: FID per cell and kimg, speed-ups, learned p(t)."""
+    from tsearch.report import build_report, write_report
+    from tsearch.tracking import resolve_tracking_uri
+    from tsearch.tracking.queries import search_records
+
+    uri = resolve_tracking_uri(tracking_uri)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if tty or done in (0, total):
+            print(f"\rfetching trial runs of search {search_ref!r} from {uri}: {done}/{total}",
+                  end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
+
+    parent, records = search_records(uri, search_ref, progress)
+    rep = build_report(records, search=parent.name, parent_run_id=parent.run_id,
+                       tracking_uri=uri, seed_key=seed_key, baseline=baseline)
+    paths = write_report(rep, output)
+    cells = sum(len(b.rows) for b in rep.blocks)
+    typer.echo(f"report of search {parent.name} ({len(records)} trials, {cells} cells in "
+               f"{len(rep.blocks)} block(s)) -> {output}/")
+    for path in paths.values():
+        typer.echo(f"  {path}")
+
+
 timesteps_app = typer.Typer(no_args_is_help=True, help="Inspect timestep samplers and weightings.")
 app.add_typer(timesteps_app, name="timesteps")
 

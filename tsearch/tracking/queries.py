@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import yaml
 
 from tsearch.errors import TsearchError
 from tsearch.tracking.mlflow_tracker import _client, check_tracking_store, resolve_tracking_uri
@@ -110,3 +118,131 @@ def close_trial_run(uri: str, trial_id: str, status: str, note: str) -> None:
 def run_summary(row: RunRow) -> dict[str, Any]:
     return {"run_id": row.run_id, "name": row.name, "status": row.status,
             "best_fid": row.best_fid}
+
+
+REPORT_METRICS = ("eval/fid", "compute/probe_forwards", "compute/train_forwards")
+TIMESTEPS_DIR = "timesteps"
+
+
+@dataclass
+class TrialRecord:
+    """Everything `tsearch report` needs from one trial's child run.
+
+    ``values`` are the trial's searched values (``trial.*`` params, prefix removed) and
+    ``config`` its full resolved config (``config.*`` params), both parsed back from MLflow's
+    strings. Histories are ``(step, value)`` pairs sorted by step, step = images seen; ``p_t`` is
+    the sampler's p(t) at each evaluation as ``(images_seen, array[T])``, sorted.
+    """
+
+    run_id: str
+    trial_id: str
+    status: str = "FINISHED"
+    values: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    fid: list[tuple[int, float]] = field(default_factory=list)
+    probe_forwards: list[tuple[int, float]] = field(default_factory=list)
+    train_forwards: list[tuple[int, float]] = field(default_factory=list)
+    p_t: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+
+def parse_param(text: str) -> Any:
+    """An MLflow param string back to the value that was logged: ``"101"`` -> 101,
+    ``"1e-05"`` -> 1e-05, ``"None"`` -> None, ``"[16, 32]"`` -> [16, 32], other text as is."""
+    if text == "None":
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-05" (no dot) as a string; Python wrote it
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return value
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = client.get_metric_history(run_id, key)
+    return [(int(m.step), float(m.value))
+            for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
+
+
+_PT_FILE = re.compile(r"^p_t_(\d+)\.npy$")
+
+
+def _timestep_snapshots(client, run_id: str) -> list[tuple[int, np.ndarray]]:
+    """The run's ``timesteps/p_t_<images>.npy`` arrays, downloaded in one call."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="tsearch-report-") as tmp:
+        try:
+            local = Path(client.download_artifacts(run_id, TIMESTEPS_DIR, tmp))
+        except (MlflowException, OSError):  # no evaluation yet: no snapshot
+            return []
+        out = []
+        for path in local.glob("p_t_*.npy"):
+            match = _PT_FILE.match(path.name)
+            if match:
+                out.append((int(match.group(1)), np.load(path, allow_pickle=False)))
+    return sorted(out, key=lambda item: item[0])
+
+
+@contextlib.contextmanager
+def _no_download_bars():
+    """MLflow draws a tqdm bar per artifact download: noise when fetching dozens of runs."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def search_records(
+    uri: str, ref: str | None, progress: Callable[[int, int], None] | None = None
+) -> tuple[RunRow, list[TrialRecord]]:
+    """A search's parent run and every trial's params, FID/compute histories and p(t) snapshots.
+
+    One ``get_metric_history`` per metric and one download of ``timesteps/`` per run; trials
+    come sorted by trial id (creation order). ``progress(done, total)`` is called once the
+    search is found (done = 0) and after each run.
+    """
+    client = _client_for(uri)
+    parent = find_search(uri, ref)
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    if progress is not None:
+        progress(0, len(runs))
+    records = []
+    with _no_download_bars():
+        for i, run in enumerate(runs):
+            params = run.data.params
+            histories = {key: _history(client, run.info.run_id, key) for key in REPORT_METRICS}
+            records.append(TrialRecord(
+                run_id=run.info.run_id,
+                trial_id=run.data.tags.get("tsearch.trial_id") or run.info.run_name or "",
+                status=run.info.status,
+                values={k[len("trial."):]: parse_param(v) for k, v in params.items()
+                        if k.startswith("trial.")},
+                config={k[len("config."):]: parse_param(v) for k, v in params.items()
+                        if k.startswith("config.")},
+                fid=histories["eval/fid"],
+                probe_forwards=histories["compute/probe_forwards"],
+                train_forwards=histories["compute/train_forwards"],
+                p_t=_timestep_snapshots(client, run.info.run_id),
+            ))
+            if progress is not None:
+                progress(i + 1, len(runs))
+    return parent, sorted(records, key=lambda r: (r.trial_id, r.run_id))
