@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def test_grid_search_runs_exactly_its_cells(tmp_path):
     rows = list(csv.DictReader((tmp_path / "ray" / "grid" / "summary" / "trials.csv").open()))
     cells = sorted((r["method"], r["timesteps.sampler.name"], r["timesteps.weighting.name"],
                     r["train.seed"]) for r in rows)
+    assert re.search(r"u\+w\s+kimg\s+0\.2", proc.stderr)  # progress names the bundle
     assert cells == [("s", "speed", "speed", "5"), ("s", "speed", "speed", "6"),
                      ("u+w", "uniform", "", "5"), ("u+w", "uniform", "", "6")]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -12,16 +12,19 @@ from tsearch.search.space import flat_config
 
 
 class ProgressCallback(Callback):
-    """One line per trial evaluation: which sampler, how far, what FID."""
+    """One line per trial evaluation: which sampler (or bundle label), how far, what FID."""
 
-    def __init__(self, say: Callable[[str], None]):
+    def __init__(self, say: Callable[[str], None], labels: list[str] | None = None):
         self.say = say
+        self.labels = labels or []
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         fid = result.get("eval/fid", math.nan)
-        sampler = flat_config(trial.config).get("timesteps.sampler.name", "")
-        self.say(f"  {trial.trial_id} {sampler:<11} kimg {result.get('kimg', 0):6.2f}  "
+        config = flat_config(trial.config)
+        name = " ".join(str(config[k]) for k in self.labels if k in config) \
+            or config.get("timesteps.sampler.name", "")
+        self.say(f"  {trial.trial_id} {name:<11} kimg {result.get('kimg', 0):6.2f}  "
                  f"FID {fid:8.2f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -216,7 +216,7 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         resources["gpu"] = s.gpus_per_trial
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, meta=meta),
                                     resources)
-    callbacks = [MlflowTrialCallback(uri), ProgressCallback(say)]
+    callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, space.labels)]
     if resume:
         say(f"resuming {exp_path}")
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
