@@ -61,17 +61,23 @@ def plot_fid_curve(
         order = np.argsort(x, kind="stable")
         ax.plot(x[order], y[order], marker="o", markersize=4, label=str(label))
         all_fids.append(y)
+    _finish_fid_axes(ax, all_fids, len(series), "FID (lower is better)", title)
+    return _save(fig, path)
+
+
+def _finish_fid_axes(ax, all_fids: list[np.ndarray], n_series: int, ylabel: str,
+                     title: str | None) -> None:
+    """Shared by the FID plots: log y over a wide range, legend unless crowded, labels."""
     if all_fids and _wide_range(np.concatenate(all_fids)):
         ax.set_yscale("log")
-    if not series:
+    if not n_series:
         ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
-    elif len(series) <= 20:
+    elif n_series <= 20:
         ax.legend(loc="best", fontsize="small")
     ax.set_xlabel("training progress (kimg)")
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "FID over training")
-    return _save(fig, path)
 
 
 def _row_edges(kimgs: np.ndarray) -> np.ndarray:
@@ -250,14 +256,6 @@ def plot_fid_bands(
             ax.fill_between(x, y - np.where(band, s, 0), y + np.where(band, s, 0), where=band,
                             color=line.get_color(), alpha=0.2, linewidth=0)
         all_fids.append(y)
-    if all_fids and _wide_range(np.concatenate(all_fids)):
-        ax.set_yscale("log")
-    if not series:
-        ax.text(0.5, 0.5, "no evaluations", ha="center", va="center", transform=ax.transAxes)
-    elif len(series) <= 20:
-        ax.legend(loc="best", fontsize="small")
-    ax.set_xlabel("training progress (kimg)")
-    ax.set_ylabel("FID (lower is better), mean +- std over seeds")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title or "FID over training")
+    _finish_fid_axes(ax, all_fids, len(series), "FID (lower is better), mean +- std over seeds",
+                     title)
     return _save(fig, path)
