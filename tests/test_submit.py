@@ -73,10 +73,23 @@ def test_dashboard_address_wants_the_jobs_api(monkeypatch):
     assert dashboard_address(None) == "http://h:8265"
 
 
-def test_submit_to_an_unreachable_job_server_is_one_line(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def _free_port(suffix: str = "") -> int:
+    """A port nobody listens on, ending in ``suffix`` (a port like 53403 once read as HTTP 403)."""
+    candidates = [int(f"{p}{suffix}") for p in range(10, 65) if int(f"{p}{suffix}") < 65536] \
+        if suffix else [0]
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    pytest.skip(f"no free port ending in {suffix}")
+
+
+@pytest.mark.parametrize("suffix", ["", "403", "401"])
+def test_submit_to_an_unreachable_job_server_is_one_line(tmp_path, suffix):
+    port = _free_port(suffix)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "tsearch.cli.main", "submit", "experiments/smoke.yaml",

@@ -9,6 +9,7 @@ path are written into the entrypoint, since the job does not see this shell's en
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -111,7 +112,8 @@ def _client(url: str):
         return JobSubmissionClient(url)
     except Exception as exc:
         text = _first_line(exc)
-        if "auth" in text.lower() or "401" in text or "403" in text:
+        # Status codes as whole words: a port like 53403 in the URL is not an HTTP 403.
+        if "auth" in text.lower() or re.search(r"(?<![\d:])40[13](?!\d)", text):
             raise TsearchError(f"Ray job server at {url} refused this client: it needs the "
                                "cluster's token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
                                ) from None
