@@ -302,9 +302,11 @@ def _find_baseline(rows: list[Row], baseline: str) -> tuple[Row | None, str | No
 def _target_stats(row: Row, target: float) -> TargetStat:
     kimgs: list[float | None] = []
     computes: list[float | None] = []
+    spent: list[np.ndarray] = []  # each trial's compute at each of its evaluations
     for record in row.trials:
         steps, fids = evaluations(record)
-        kimg, comp = kimg_to_target(steps / 1000, fids, target, compute_at(record, steps))
+        spent.append(compute_at(record, steps))
+        kimg, comp = kimg_to_target(steps / 1000, fids, target, spent[-1])
         kimgs.append(kimg)
         computes.append(comp)
     stat = TargetStat(n=row.n, n_reached=sum(k is not None for k in kimgs), kimg=kimgs,
@@ -314,11 +316,7 @@ def _target_stats(row: Row, target: float) -> TargetStat:
     # Seed-mean curve over the evaluations every seed has (a finite FID from each).
     full = [e for e in row.evals if e is not None and e.n == row.n]
     if full:
-        comp = []
-        for e in full:
-            at = [float(compute_at(r, evaluations(r)[0][e.index:e.index + 1])[0])
-                  for r in row.trials]
-            comp.append(float(np.mean(at)))
+        comp = [float(np.mean([c[e.index] for c in spent])) for e in full]
         stat.kimg_curve, stat.compute_curve = kimg_to_target(
             [e.kimg for e in full], [e.mean for e in full], target, comp)
     return stat
