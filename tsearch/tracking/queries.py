@@ -98,7 +98,8 @@ def download(uri: str, run_id: str, artifact: str, dst: str | Path) -> Path:
     client = _client_for(uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
     try:
-        return Path(client.download_artifacts(run_id, artifact, str(dst)))
+        with _no_download_bars():
+            return Path(client.download_artifacts(run_id, artifact, str(dst)))
     except Exception as exc:
         raise TsearchError(f"run {run_id} has no artifact {artifact!r} ({type(exc).__name__}); "
                            "did the search finish?") from None
