@@ -210,6 +210,16 @@ def test_no_evaluations_and_unknown_baseline_are_one_line_errors():
     assert "no 'uniform' row in this block" in rep.blocks[0].notes[0]
 
 
+def test_a_seed_run_twice_in_one_cell_is_noted():
+    rep = build([record("a", [9.0, 8.0], seed=1), record("b", [9.5, 7.0], seed=1),
+                 record("c", [9.0, 6.0], seed=2)])
+    (row,) = rep.blocks[0].rows
+    assert row.n == 3 and row.seeds == [1, 1, 2]
+    assert any("train.seed = 1 more than once" in n for n in rep.blocks[0].notes)
+    rep = build([record("a", [9.0, 8.0], seed=1), record("c", [9.0, 6.0], seed=2)])
+    assert not any("more than once" in n for n in rep.blocks[0].notes)
+
+
 def test_written_report_is_offline_and_holds_the_tables(tmp_path):
     ramp = np.linspace(0.5, 1.5, T) / np.linspace(0.5, 1.5, T).sum()
     learned = [np.full(T, 1.0 / T), ramp]
@@ -287,16 +297,16 @@ def finished_search(tmp_path_factory):
     return tmp
 
 
-def _store_fids(uri: str) -> dict[str, list[list[float]]]:
+def _store_fids(uri: str, search: str = "rep", n: int = 4) -> dict[str, list[list[float]]]:
     """method -> one FID list per seed, straight from the MLflow store."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
-    (parent,) = client.search_runs(exps, "tags.`tsearch.search` = 'rep' and "
+    (parent,) = client.search_runs(exps, f"tags.`tsearch.search` = '{search}' and "
                                    "tags.`tsearch.kind` = 'search'")
     kids = client.search_runs(exps, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(kids) == 4
+    assert len(kids) == n
     fids: dict[str, list[list[float]]] = {}
     for kid in kids:
         history = sorted(client.get_metric_history(kid.info.run_id, "eval/fid"),
@@ -368,3 +378,48 @@ def test_report_of_a_real_search_holds_the_stores_values(finished_search):
     _, speed = _md_table(md, "### Training and compute to the baseline's final FID")
     assert speed["uniform"][2] == "1.00" and speed["uniform"][4] == "1.00"
     assert speed["uniform"][5] == f"{cells['uniform']['to_target']['n_reached']} / 2"
+
+
+@pytest.mark.slow
+def test_report_of_two_searches_merges_their_cells(finished_search):
+    """A later search (one more seed of uniform, and a new method) reported with the first: the
+    comparison `tsearch report replicate-digits search-best-digits` makes in the README."""
+    tmp = finished_search
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    space = ("search.space={method: {bundle: {uniform: {timesteps.sampler.name: uniform}, "
+             "lognormal: {timesteps.sampler.name: lognormal}}}, train.seed: {choice: [3]}}")
+    proc = tsearch("search", str(SMOKE), "--set", f"tracking.uri={uri}",
+                   "--set", f"search.storage_path={tmp}/ray", "--set",
+                   f"eval.cache_dir={tmp}/cache", "--set", "search.algorithm=grid",
+                   "--set", space, "--set", "search.points_to_evaluate=[]",
+                   "--set", "search.asha.enabled=false", "--set", "train.total_kimg=0.4",
+                   "--set", "search.name=rep2", "--set", "search.cpus_per_trial=1",
+                   "--set", "train.threads=1", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp / "report2"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "tags.`tsearch.search` = 'rep' and tags.`tsearch.kind` = "
+                                   "'search'")
+    run_id = parent.info.run_id
+    # The first search named twice (by name and by run id) is read once.
+    proc = tsearch("report", "rep", "rep2", run_id, "-o", str(out), "--tracking-uri", uri,
+                   cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "report of 2 searches rep + rep2 (6 trials, 3 cells in 1 block(s))" in proc.stdout
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["search"] == "rep + rep2" and data["n_trials"] == 6
+    cells = {c["label"]: c for c in data["cells"]}
+    assert set(cells) == {"uniform", "adaptive", "lognormal"}
+    assert cells["uniform"]["seeds"] == [1, 2, 3] and cells["lognormal"]["seeds"] == [3]
+    store = _store_fids(uri, "rep2", 2)
+    assert [e["mean"] for e in cells["lognormal"]["fid"]] == \
+        pytest.approx(store["lognormal"][0], rel=1e-12)
+    uniform = _store_fids(uri)["uniform"] + store["uniform"]
+    assert data["blocks"][0]["target_fid"] == pytest.approx(
+        float(np.mean([seed[-1] for seed in uniform])))
+    _, rows = _md_table((out / "report.md").read_text(), "### FID at each evaluation point")
+    assert rows["uniform"][1] == "3" and rows["lognormal"][1] == "1"

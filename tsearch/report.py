@@ -414,6 +414,12 @@ def build_report(
                 block.notes.append(f"evaluation {j + 1} is at different points in different "
                                    f"trials ({_f(lo)} to {_f(hi)} kimg)")
         for row in rows:
+            counts = Counter(_key(seed) for seed in row.seeds if seed is not None)
+            twice = sorted({_fmt_value(seed) for seed in row.seeds
+                            if seed is not None and counts[_key(seed)] > 1})
+            if twice:  # e.g. two reported searches ran the same cell with the same seed
+                block.notes.append(f"{row.label} has {seed_key} = {', '.join(twice)} more "
+                                   "than once: its spread counts repeats of one seed")
             for j in range(n_cols):
                 pts = [(float(s[j]) / 1000, float(f[j])) for s, f in
                        (per_trial[id(t)] for t in row.trials) if len(s) > j]

@@ -280,8 +280,9 @@ def export_best(
 
 @app.command()
 def report(
-    search_ref: Annotated[str, typer.Argument(metavar="SEARCH",
-                                              help="Search name or parent run id.")],
+    search_refs: Annotated[list[str], typer.Argument(
+        metavar="SEARCH...", help="Search name or parent run id; several searches make one "
+        "report (cells with the same values are merged, e.g. more seeds run later).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write "
                                          "report.html, report.md, report.json and PNGs to.")],
     tracking_uri: TrackingUri = DEFAULT_URI,
@@ -297,18 +298,27 @@ def report(
 
     uri = resolve_tracking_uri(tracking_uri)
     tty = sys.stderr.isatty()
+    parents, records, seen = [], [], set()
+    for ref in dict.fromkeys(search_refs):  # a search named twice is read once
 
-    def progress(done: int, total: int) -> None:
-        if tty or done in (0, total):
-            print(f"\rfetching trial runs of search {search_ref!r} from {uri}: {done}/{total}",
-                  end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
+        def progress(done: int, total: int, ref: str = ref) -> None:
+            if tty or done in (0, total):
+                print(f"\rfetching trial runs of search {ref!r} from {uri}: {done}/{total}",
+                      end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
 
-    parent, records = search_records(uri, search_ref, progress)
-    rep = build_report(records, search=parent.name, parent_run_id=parent.run_id,
+        parent, found = search_records(uri, ref, progress)
+        if parent.run_id in seen:  # a name and its run id
+            continue
+        seen.add(parent.run_id)
+        parents.append(parent)
+        records += found
+    rep = build_report(records, search=" + ".join(p.name for p in parents),
+                       parent_run_id=", ".join(p.run_id for p in parents),
                        tracking_uri=uri, seed_key=seed_key, baseline=baseline)
     paths = write_report(rep, output)
     cells = sum(len(b.rows) for b in rep.blocks)
-    typer.echo(f"report of search {parent.name} ({len(records)} trials, {cells} cells in "
+    what = "search" if len(parents) == 1 else f"{len(parents)} searches"
+    typer.echo(f"report of {what} {rep.search} ({len(records)} trials, {cells} cells in "
                f"{len(rep.blocks)} block(s)) -> {output}/")
     for path in paths.values():
         typer.echo(f"  {path}")
