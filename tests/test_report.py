@@ -384,6 +384,8 @@ def test_report_of_a_real_search_holds_the_stores_values(finished_search):
 def test_report_of_two_searches_merges_their_cells(finished_search):
     """A later search (one more seed of uniform, and a new method) reported with the first: the
     comparison `tsearch report replicate-digits search-best-digits` makes in the README."""
+    from mlflow import MlflowClient
+
     tmp = finished_search
     uri = f"sqlite:///{tmp}/mlflow.db"
     space = ("search.space={method: {bundle: {uniform: {timesteps.sampler.name: uniform}, "
@@ -397,8 +399,6 @@ def test_report_of_two_searches_merges_their_cells(finished_search):
                    "--set", "train.threads=1", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp / "report2"
-    from mlflow import MlflowClient
-
     client = MlflowClient(uri)
     (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                    "tags.`tsearch.search` = 'rep' and tags.`tsearch.kind` = "

@@ -234,7 +234,9 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
 
     space = "search.space={optim.lr: {float: [1.0e-3, 3.0e-3], log: true}}"
     args = ["--set", space, "--set", "search.algorithm=random", "--set", "search.seed=11",
-            "--set", "search.num_samples=3", "--set", "search.max_concurrent=1",
+            # All three at once (one thread each): the draws do not depend on the order.
+            "--set", "search.num_samples=3", "--set", "search.max_concurrent=3",
+            "--set", "search.cpus_per_trial=0.5", "--set", "train.threads=1",
             "--set", "search.points_to_evaluate=[]", "--set", "search.asha.enabled=false",
             "--set", "train.total_kimg=0.2", "--set", "search.name=rand"]
     proc = tsearch("search", str(SMOKE), *common(tmp_path), *args, cwd=tmp_path)
