@@ -294,22 +294,21 @@ def report(
     """Tables and plots of a search: FID per cell and kimg, speed-ups, learned p(t)."""
     from tsearch.report import build_report, write_report
     from tsearch.tracking import resolve_tracking_uri
-    from tsearch.tracking.queries import search_records
+    from tsearch.tracking.queries import find_search, search_records
 
     uri = resolve_tracking_uri(tracking_uri)
     tty = sys.stderr.isatty()
-    parents, records, seen = [], [], set()
-    for ref in dict.fromkeys(search_refs):  # a search named twice is read once
+    # A search named twice (e.g. by name and by run id) is fetched once.
+    wanted = {p.run_id: p for p in (find_search(uri, ref) for ref in search_refs)}
+    parents, records = [], []
+    for run_id, named in wanted.items():
 
-        def progress(done: int, total: int, ref: str = ref) -> None:
+        def progress(done: int, total: int, name: str = named.name) -> None:
             if tty or done in (0, total):
-                print(f"\rfetching trial runs of search {ref!r} from {uri}: {done}/{total}",
+                print(f"\rfetching trial runs of search {name!r} from {uri}: {done}/{total}",
                       end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
 
-        parent, found = search_records(uri, ref, progress)
-        if parent.run_id in seen:  # a name and its run id
-            continue
-        seen.add(parent.run_id)
+        parent, found = search_records(uri, run_id, progress)
         parents.append(parent)
         records += found
     rep = build_report(records, search=" + ".join(p.name for p in parents),
