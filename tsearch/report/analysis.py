@@ -1,34 +1,32 @@
-"""`tsearch report`: a finished search as tables and plots (static HTML, Markdown and JSON).
+"""The numbers of `tsearch report`, with no drawing or document formatting.
 
 Trials are grouped into *cells* (their searched values minus the seed) and cells into *blocks*
-(one per noise schedule). Per block the report gives FID at each evaluation point (mean +- std
-over seeds; methods as rows, kimg as columns, as in the adaptive-sampling paper's table), the
+(one per noise schedule). Per block: FID at each evaluation point (mean +- std over seeds), the
 training (kimg) and the compute (forward passes, probes charged) each cell needs to reach the
-baseline's final FID, FID curves, and the timestep distributions: learned p(t) over training
-beside the final p(t) of every method.
+baseline's final FID, and which cells learn p(t) over training.
 
 Pure functions over :class:`~tsearch.tracking.queries.TrialRecord`; fetching the records from
 MLflow is :func:`tsearch.tracking.queries.search_records`' job (no mlflow or ray import here).
+Kept free of drawing and formatting (no matplotlib, HTML or Markdown here) so the numbers have
+one home: the HTML, Markdown and JSON outputs all read the same :class:`Report`, and tests check
+it on hand-made records.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tsearch import plots
 from tsearch.errors import TsearchError
+from tsearch.report.curves import INTERPOLATION, _mean_std, compute_at, evaluations, kimg_to_target
 from tsearch.tracking.queries import TrialRecord
 
 SCHEDULE_ORDER = ("linear", "cosine", "quad")
@@ -37,11 +35,6 @@ SCHEDULE_KEY = "diffusion.schedule"
 MISSING = "–"
 # p(t) * T moving by more than this between snapshots counts as a learned (changing) p(t).
 LEARNED_TOLERANCE = 1e-3
-INTERPOLATION = (
-    "linear interpolation of FID between the two evaluations that bracket the crossing (the "
-    "first evaluation at or below the target and the one before it); a seed already at or "
-    "below the target at its first evaluation counts that evaluation's kimg"
-)
 
 
 @dataclass
@@ -116,67 +109,6 @@ class Report:
     baseline: str
     blocks: list[Block]
     label_header: str = "method"
-
-
-# --- analysis --------------------------------------------------------------------------------
-
-
-def evaluations(record: TrialRecord) -> tuple[np.ndarray, np.ndarray]:
-    """A trial's evaluation steps (images seen) and FIDs, one per step (the last logged wins,
-    e.g. after a resume re-evaluated a step), sorted by step."""
-    by_step = dict(record.fid)
-    steps = np.array(sorted(by_step), dtype=np.int64)
-    return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
-
-
-def value_at(history: Sequence[tuple[int, float]], steps: np.ndarray) -> np.ndarray:
-    """The logged value at or last before each step (NaN before the first log)."""
-    if not history:
-        return np.full(len(steps), np.nan)
-    at = sorted(dict(history).items())
-    logged = np.array([s for s, _ in at], dtype=np.int64)
-    values = np.array([v for _, v in at], dtype=np.float64)
-    idx = np.searchsorted(logged, np.asarray(steps, dtype=np.int64), side="right") - 1
-    return np.where(idx >= 0, values[np.clip(idx, 0, None)], np.nan)
-
-
-def compute_at(record: TrialRecord, steps: np.ndarray) -> np.ndarray:
-    """Forward-pass equivalents spent by each step: training (3 per image, as the trainer logs
-    it) plus the sampler's probe forwards."""
-    return value_at(record.train_forwards, steps) + value_at(record.probe_forwards, steps)
-
-
-def kimg_to_target(
-    kimgs: Sequence[float], fids: Sequence[float], target: float,
-    compute: Sequence[float] | None = None,
-) -> tuple[float | None, float | None]:
-    """Training progress (and compute) at which FID first reaches ``target``, or None.
-
-    Linear interpolation between the evaluation before the first one at or below the target and
-    that one; a curve already at or below it at its first evaluation returns that evaluation.
-    """
-    k = np.asarray(kimgs, dtype=np.float64)
-    f = np.asarray(fids, dtype=np.float64)
-    c = np.full(k.shape, np.nan) if compute is None else np.asarray(compute, dtype=np.float64)
-    hits = np.flatnonzero(f <= target)
-    if hits.size == 0:
-        return None, None
-    i = int(hits[0])
-    if i == 0 or not math.isfinite(f[i - 1]):
-        kimg, comp = float(k[i]), float(c[i])
-    else:
-        frac = (f[i - 1] - target) / (f[i - 1] - f[i])
-        kimg = float(k[i - 1] + frac * (k[i] - k[i - 1]))
-        comp = float(c[i - 1] + frac * (c[i] - c[i - 1]))
-    return kimg, (comp if math.isfinite(comp) else None)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if x.size == 0:
-        return None, None
-    return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
-
 
 def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
@@ -452,279 +384,8 @@ def _redact(uri: str) -> str:
     return re.sub(r"(//)[^/@]+@", r"\1", uri)
 
 
-# --- tables ----------------------------------------------------------------------------------
-
-
 def _f(x: float | None, digits: int = 2) -> str:
     return MISSING if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _si(x: float | None) -> str:
-    """Forward-pass counts: 3 significant digits with k / M / G."""
-    if x is None or not math.isfinite(x):
-        return MISSING
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _pm(mean: float | None, std: float | None, fmt: Callable[[float | None], str] = _f) -> str:
-    if mean is None:
-        return MISSING
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[tuple[str, bool]]]  # (text, bold)
-    align: list[str]  # "l" | "r" per column
-
-
-def fid_table(block: Block, label_header: str = "method") -> Table:
-    """Rows = cells, columns = evaluation points; the best mean per column in bold."""
-    best = []
-    for j in range(len(block.columns)):
-        means = [r.evals[j].mean for r in block.rows if r.evals[j] is not None]
-        best.append(min(means) if means else None)
-    rows = []
-    for row in block.rows:
-        cells: list[tuple[str, bool]] = [(row.label, False), (str(row.n), False)]
-        for j, stat in enumerate(row.evals):
-            if stat is None:
-                cells.append((MISSING, False))
-                continue
-            text = _pm(stat.mean, stat.std)
-            if stat.n < row.n:
-                text += f" (n={stat.n})"
-            cells.append((text, stat.mean == best[j]))
-        rows.append(cells)
-    header = [f"{label_header} \\ kimg", "n"] + [f"{k:g}" for k in block.columns]
-    return Table(header=header, rows=rows, align=["l", "r"] + ["r"] * len(block.columns))
-
-
-def speed_table(block: Block, label_header: str = "method") -> Table | None:
-    """kimg and compute to the baseline's final FID, and the speed-ups over the baseline."""
-    if block.baseline is None:
-        return None
-    rows = []
-    for row in block.rows:
-        t = row.target
-        assert t is not None
-        rows.append([(row.label, row is block.baseline), (_f(t.kimg_curve), False),
-                     (_f(t.ratio_kimg), False), (_si(t.compute_curve), False),
-                     (_f(t.ratio_compute), False), (f"{t.n_reached} / {t.n}", False),
-                     (_pm(t.kimg_mean, t.kimg_std), False)])
-    header = [label_header, f"kimg to FID {_f(block.target_fid)}", "speed-up (kimg)",
-              "forward passes to it", "speed-up (compute)", "seeds reaching it",
-              "their kimg (mean ± std)"]
-    return Table(header=header, rows=rows, align=["l", "r", "r", "r", "r", "r", "r"])
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def table_markdown(table: Table) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    out = [line([_md_escape(h) for h in table.header]),
-           line([":--" if a == "l" else "--:" for a in table.align])]
-    for row in table.rows:
-        out.append(line([f"**{_md_escape(t)}**" if b else _md_escape(t) for t, b in row]))
-    return "\n".join(out)
-
-
-def table_html(table: Table) -> str:
-    def cell(tag: str, text: str, align: str, bold: bool = False) -> str:
-        body = html.escape(text)
-        return f'<{tag} class="{align}">' + (f"<b>{body}</b>" if bold else body) + f"</{tag}>"
-
-    head = "".join(cell("th", h, a) for h, a in zip(table.header, table.align, strict=True))
-    body = "".join(
-        "<tr>" + "".join(cell("td", t, a, b) for (t, b), a in zip(row, table.align, strict=True))
-        + "</tr>" for row in table.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-# --- figures ---------------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
-
-
-@dataclass
-class Figure:
-    path: Path
-    caption: str
-
-
-def block_figures(block: Block, out_dir: Path) -> dict[str, list[Figure]]:
-    """FID curves, learned-p(t) heatmaps and final p(t) profiles of one block, as PNGs."""
-    figs: dict[str, list[Figure]] = {"fid": [], "heatmaps": [], "profiles": []}
-    tag = _slug(block.schedule)
-    series = {}
-    for row in block.rows:
-        stats = [s for s in row.evals if s is not None]
-        if stats:
-            series[row.label] = ([s.kimg for s in stats], [s.mean for s in stats],
-                                 [np.nan if s.std is None else s.std for s in stats])
-    path = plots.plot_fid_bands(series, out_dir / f"fid_{tag}.png",
-                                title=f"FID over training, {block.schedule} schedule "
-                                      "(mean ± std over seeds)")
-    figs["fid"].append(Figure(path, f"FID over training, {block.schedule} schedule"))
-    used: set[str] = set()
-    finals = {}
-    for row in block.rows:
-        seed, record = next(((s, t) for s, t in zip(row.seeds, row.trials, strict=True)
-                             if t.p_t), (None, None))
-        if record is None:
-            continue
-        finals[row.label] = record.p_t[-1][1]
-        if not row.learned:
-            continue
-        name = _slug(row.label)
-        while name in used:
-            name += "_"
-        used.add(name)
-        what = f"{row.label}, {block.schedule} schedule, seed {seed}"
-        path = plots.plot_timestep_heatmap(
-            [s / 1000 for s, _ in record.p_t], np.stack([p for _, p in record.p_t]),
-            out_dir / f"pt_{tag}_{name}.png", title=f"learned p(t) over training: {what}")
-        figs["heatmaps"].append(Figure(path, f"learned p(t) over training: {what}"))
-    if finals:
-        path = plots.plot_timestep_profiles(finals, out_dir / f"pt_final_{tag}.png",
-                                            title=f"final p(t) of each method, {block.schedule} "
-                                                  "schedule")
-        figs["profiles"].append(Figure(path, f"final p(t) of each method, {block.schedule} "
-                                             "schedule"))
-    return figs
-
-
-# --- documents -------------------------------------------------------------------------------
-
-
-def _status_text(report: Report) -> str:
-    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.statuses.items()))
-
-
-def _header_rows(report: Report) -> list[tuple[str, str]]:
-    return [
-        ("search", report.search), ("parent run", report.parent_run_id),
-        ("tracking URI", report.tracking_uri),
-        ("trials", f"{report.n_trials} ({_status_text(report)})"),
-        ("seeds", f"grouped by `{report.seed_key}`"), ("baseline", report.baseline),
-        ("generated", report.generated),
-        ("machine", "not recorded by the runs; state it when quoting these numbers"),
-    ]
-
-
-READING = [
-    "A *cell* is one combination of the searched values except the seed; *n* is its number of "
-    "seeds (trials). One block per noise schedule.",
-    "FID table: evaluations grouped by their order in each trial, labelled with their mean "
-    "kimg; entries are mean ± standard deviation (ddof = 1) over seeds, a single value with one "
-    "seed, (n=k) when only k seeds got that far, – when none did. Bold: the lowest mean FID of "
-    "the column in the block.",
-    "Speed table: the target is the baseline's final FID (the mean over its seeds of each "
-    "seed's last FID). *kimg to FID* is where the cell's seed-mean FID curve (over the "
-    f"evaluations all its seeds have) first reaches the target, by {INTERPOLATION}; a cell "
-    "whose mean curve never gets there shows –, however many single seeds do. Speed-up = the "
-    "baseline's kimg ÷ this row's (> 1: faster). *Forward passes* charge training 3 "
-    "forward-equivalents per image (forward + backward, as the trainer logs it) plus the "
-    "sampler's probe forward passes, interpolated the same way. The last two columns give the "
-    "spread: how many seeds reach the target on their own, and their kimg (mean ± std).",
-]
-
-
-def _images(figs: dict[str, list[Figure]], key: str) -> list[Figure]:
-    return figs.get(key, [])
-
-
-def render_markdown(report: Report, figures: dict[str, dict[str, list[Figure]]]) -> str:
-    out = [f"# tsearch report: {report.search}", ""]
-    out += [f"- **{k}**: {v}" for k, v in _header_rows(report)]
-    out += ["", "## How to read it", ""] + [f"- {line}" for line in READING]
-    for block in report.blocks:
-        figs = figures.get(block.schedule, {})
-        out += ["", f"## {block.schedule} schedule", "", "### FID at each evaluation point", "",
-                table_markdown(fid_table(block, report.label_header)), ""]
-        out += [f"![{f.caption}]({f.path.name})" for f in _images(figs, "fid")]
-        out += ["", "### Training and compute to the baseline's final FID", ""]
-        table = speed_table(block, report.label_header)
-        if table is not None and block.baseline is not None:
-            out += [f"Baseline **{_md_escape(block.baseline.label)}**, target FID "
-                    f"{_f(block.target_fid)}.", "", table_markdown(table)]
-        out += [""] + [f"- Note: {note}" for note in block.notes]
-        out += ["", "### Timestep distributions p(t)", ""]
-        pics = _images(figs, "heatmaps") + _images(figs, "profiles")
-        out += [f"![{f.caption}]({f.path.name})" for f in pics] or ["(no p(t) snapshots)"]
-    return "\n".join(out).rstrip() + "\n"
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:1200px;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1em}
-th,td{border:1px solid #ccc;padding:.25em .6em;font-variant-numeric:tabular-nums}
-th{background:#f3f3f3}
-td.r,th.r{text-align:right} td.l,th.l{text-align:left}
-table.meta td{border:none;padding:.1em .8em .1em 0}
-.figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
-figure{margin:0;flex:1 1 480px;max-width:800px} figure img{width:100%;height:auto}
-figcaption{font-size:.9em;color:#555}
-.note{color:#7a4b00}
-code{background:#f3f3f3;padding:0 .2em}
-"""
-
-
-def _figure_html(fig: Figure) -> str:
-    data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
-    caption = html.escape(fig.caption)
-    return (f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption}</figcaption></figure>")
-
-
-def _inline_md(text: str) -> str:
-    """The few Markdown marks of the fixed texts (`code`, *emphasis*) as HTML."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
-
-
-def render_html(report: Report, figures: dict[str, dict[str, list[Figure]]]) -> str:
-    """One static page: inline CSS, figures embedded as base64 PNG, no scripts or links."""
-    title = html.escape(f"tsearch report: {report.search}")
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{title}</title><style>{CSS}</style></head><body>", f"<h1>{title}</h1>",
-             '<table class="meta">']
-    parts += [f"<tr><td><b>{html.escape(k)}</b></td><td>{_inline_md(v)}</td></tr>"
-              for k, v in _header_rows(report)]
-    parts += ["</table>", "<h2>How to read it</h2><ul>"]
-    parts += [f"<li>{_inline_md(line)}</li>" for line in READING]
-    parts.append("</ul>")
-    for block in report.blocks:
-        figs = figures.get(block.schedule, {})
-        parts += [f"<h2>{html.escape(block.schedule)} schedule</h2>",
-                  "<h3>FID at each evaluation point</h3>",
-                  table_html(fid_table(block, report.label_header))]
-        parts += ['<div class="figs">'] + [_figure_html(f) for f in _images(figs, "fid")]
-        parts += ["</div>", "<h3>Training and compute to the baseline's final FID</h3>"]
-        table = speed_table(block, report.label_header)
-        if table is not None and block.baseline is not None:
-            parts += [f"<p>Baseline <b>{html.escape(block.baseline.label)}</b>, "
-                      f"target FID {_f(block.target_fid)}.</p>", table_html(table)]
-        parts += [f'<p class="note">Note: {html.escape(note)}</p>' for note in block.notes]
-        parts.append("<h3>Timestep distributions p(t)</h3>")
-        pics = _images(figs, "heatmaps") + _images(figs, "profiles")
-        parts += ['<div class="figs">'] + [_figure_html(f) for f in pics] + ["</div>"]
-        if not pics:
-            parts.append("<p>(no p(t) snapshots)</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def _num(x: float | None) -> float | None:
@@ -771,32 +432,3 @@ def report_json(report: Report) -> dict[str, Any]:
         "compute_unit": "forward-pass equivalents: 3 per training image + probe forwards",
         "blocks": blocks, "cells": cells,
     }
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj if obj is None or isinstance(obj, str | int | bool) else str(obj)
-
-
-def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.html, report.md, report.json and the PNGs into ``out_dir``."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TsearchError(f"cannot create the report directory {out} ({err.strerror})") from None
-    figures = {block.schedule: block_figures(block, out) for block in report.blocks}
-    paths = {"html": out / "report.html", "markdown": out / "report.md",
-             "json": out / "report.json"}
-    paths["html"].write_text(render_html(report, figures), encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(report, figures), encoding="utf-8")
-    paths["json"].write_text(json.dumps(_json_safe(report_json(report)), indent=1) + "\n",
-                             encoding="utf-8")
-    return paths
