@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tsearch.config import load_config  # noqa: E402
 from tsearch.timesteps import SAMPLERS  # noqa: E402
-from tsearch.tracking.base import NullTracker  # noqa: E402
+from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
 
 

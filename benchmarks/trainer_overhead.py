@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tsearch.config import load_config  # noqa: E402
 from tsearch.data import InfiniteLoader, load_images  # noqa: E402
 from tsearch.diffusion.model import build_model  # noqa: E402
-from tsearch.tracking.base import NullTracker  # noqa: E402
+from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tsearch.config import OptimConfig, load_config
-from tsearch.tracking.base import NullTracker
+from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.optim import apply_schedule, beta1_at, build_optimizer, schedule_at
 

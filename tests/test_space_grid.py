@@ -8,7 +8,7 @@ import pytest
 from tsearch.config import load_config
 from tsearch.errors import ConfigError
 from tsearch.search.space import SearchSpace
-from tsearch.search.tuner import num_trials, plan
+from tsearch.search.tuner import plan
 
 SPACE = {
     "method": {"bundle": {"u": {"timesteps.sampler.name": "uniform"},
@@ -32,9 +32,9 @@ def test_grid_enumerates_the_pruned_tree_once():
     space = dict(SPACE)
     space.pop("timesteps.sampler.params.k")
     cfg = cfg_with(space, algorithm="grid")
-    sp, _ = plan(cfg, None)
-    cells = sp.grid()
-    assert num_trials(cfg, sp) == len(cells) == (2 + 1 + 2) * 2
+    checked = plan(cfg, None)
+    cells = checked.space.grid()
+    assert checked.num_trials == len(cells) == (2 + 1 + 2) * 2
     assert cells[0] == {"method": "u", "timesteps.sampler.name": "uniform",
                         "diffusion.schedule": "linear", "train.seed": 1}
     p2 = [c for c in cells if c["method"] == "p2"]

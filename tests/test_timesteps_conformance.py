@@ -88,7 +88,7 @@ def synthetic_losses(t: torch.Tensor, T: int, gen: torch.Generator, bad: bool) -
 
 
 def synthetic_probe(spec: ProbeSpec, gen: torch.Generator, bad: bool) -> ProbeResult:
-    """A ProbeResult of the requested kind and shape, as ``_Probe.after`` returns it."""
+    """A ProbeResult of the requested kind and shape, as ``ProbeRunner.after`` returns it."""
     m = len(spec.t)
     before = torch.rand(m, generator=gen)
     after = grad = None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tsearch.config import load_config
-from tsearch.tracking.base import NullTracker
+from tsearch.tracker import NullTracker
 from tsearch.train import train
 
 pytestmark = pytest.mark.slow

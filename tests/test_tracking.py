@@ -16,18 +16,18 @@ import pytest
 
 from tsearch.config import TrackingConfig
 from tsearch.errors import ConfigError, TsearchError
+from tsearch.names import TAG_FAILURE_REASON as FAILURE_REASON_TAG
 from tsearch.plots import plot_fid_curve
+from tsearch.tracker import flatten_params
 from tsearch.tracking import (
     MlflowTracker,
     NullTracker,
-    TimestepHistory,
     Tracker,
     build_tracker,
     ensure_experiment,
-    flatten_params,
     resolve_tracking_uri,
 )
-from tsearch.tracking.base import FAILURE_REASON_TAG
+from tsearch.train.history import TimestepHistory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,9 +138,9 @@ def test_base_imports_with_mlflow_blocked() -> None:
         """
         import sys
         sys.modules["mlflow"] = None  # any "import mlflow" now raises ImportError
-        import tsearch.tracking.base
-        from tsearch.tracking import NullTracker, TimestepHistory, build_tracker
-        from tsearch.tracking.base import NullTracker as Same
+        import tsearch.tracker
+        from tsearch.tracking import NullTracker, build_tracker
+        from tsearch.tracker import NullTracker as Same
         from tsearch.config import TrackingConfig
         from tsearch.errors import TsearchError
         tracker = build_tracker(TrackingConfig(backend="none"))

@@ -11,7 +11,7 @@ import torch
 from tsearch.config import load_config
 from tsearch.errors import CheckpointError, DivergenceError
 from tsearch.timesteps import Draw, ProbeSpec, StepContext, TimestepSampler
-from tsearch.tracking.base import NullTracker
+from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.checkpoint import list_checkpoints
 
@@ -113,14 +113,14 @@ def test_grad_norm_probe_matches_autograd():
     from tsearch.diffusion.loss import per_sample_vlb_bpd
     from tsearch.diffusion.model import build_model
     from tsearch.diffusion.schedule import NoiseSchedule
-    from tsearch.train.loop import _Probe
+    from tsearch.train.probe import ProbeRunner
 
     sched = NoiseSchedule.create("linear")
     torch.manual_seed(0)
     model = build_model(ModelConfig(channels=(8, 16), attention=(False, True), norm_groups=4),
                         1, 8)
-    probe = _Probe(model, sched, "eps", torch.Generator().manual_seed(0),
-                   autocast=lambda: torch.autocast("cpu", enabled=False), chunk=3)
+    probe = ProbeRunner(model, sched, "eps", torch.Generator().manual_seed(0),
+                        autocast=lambda: torch.autocast("cpu", enabled=False), chunk=3)
     x0 = torch.rand(3, 1, 8, 8) * 2 - 1
     spec = ProbeSpec(t=torch.tensor([5, 400, 999, 5]), image_index=torch.tensor([0, 1, 2, 0]),
                      kind="grad_norm", loss="vlb")

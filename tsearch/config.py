@@ -1,22 +1,32 @@
 """Typed configuration for every part of a run, loaded from YAML with dotted overrides.
 
 Every section is a frozen pydantic model with ``extra="forbid"`` so that a typo is an error, not
-a silently ignored key. Sampler and weighting hyperparameters live in ``params`` dicts here and
-are validated against the plugin's own ``Params`` model by ``tsearch.timesteps.check_config``
-(config must not import the plugins: imports flow downward).
+a silently ignored key. Sampler and weighting hyperparameters are parsed into the plugin's own
+typed ``Params`` model here, once, when the config is validated: nothing downstream re-validates
+a dict. This module must not import the plugins (imports flow downward), so the plugin registry
+hands its parser in (:func:`register_params_parser`; ``tsearch.timesteps.registry`` does so when
+``tsearch`` is imported).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
+from tsearch import names
 from tsearch.errors import ConfigError
 
 
@@ -72,24 +82,63 @@ class DiffusionConfig(_Section):
     variance: Literal["fixed_large", "fixed_small"] = "fixed_large"  # for VLB terms and DDPM
 
 
-class ComponentConfig(_Section):
-    """A registered plugin by name plus its hyperparameters (validated by the plugin)."""
+# kind ("sampler", "weighting") -> parser(name, raw params) -> the plugin's typed Params model,
+# raising ConfigError with the field's path. Filled by the plugin registry.
+ParamsParser = Callable[[str, Any], BaseModel]
+_PARAMS_PARSERS: dict[str, ParamsParser] = {}
 
+
+def register_params_parser(kind: str, parser: ParamsParser) -> None:
+    """Let the ``kind`` plugin registry type the ``params`` of its config sections."""
+    _PARAMS_PARSERS[kind] = parser
+
+
+class ComponentConfig(_Section):
+    """A registered plugin by name plus its hyperparameters, typed by the plugin's ``Params``.
+
+    YAML and JSON give ``params`` as a mapping; after validation it is the plugin's ``Params``
+    instance. It is written back out with only the values that were given, so that a config
+    whose sampler is changed by an override (or a search) carries no other sampler's fields.
+    """
+
+    kind: ClassVar[str]
     name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Any = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        parser = _PARAMS_PARSERS.get(cls.kind)
+        if parser is None:  # a bug, not a user error: the registry was not imported
+            raise RuntimeError(f"no {cls.kind} registry: import tsearch before tsearch.config")
+        data = dict(data)
+        name = data.get("name", cls.model_fields["name"].default)
+        if isinstance(name, str):
+            data["params"] = parser(name, data.get("params") or {})
+        return data
+
+    @field_serializer("params")
+    def _given_params(self, params: Any) -> Any:
+        if isinstance(params, BaseModel):
+            return params.model_dump(mode="json", exclude_unset=True)
+        return params
 
 
 class SamplerConfig(ComponentConfig):
+    kind: ClassVar[str] = "sampler"
     name: str = "uniform"  # a key of tsearch.timesteps.SAMPLERS
 
 
 class WeightingConfig(ComponentConfig):
+    kind: ClassVar[str] = "weighting"
     name: str = "none"  # a key of tsearch.timesteps.WEIGHTINGS
 
 
 class TimestepsConfig(_Section):
-    sampler: SamplerConfig = SamplerConfig()
-    weighting: WeightingConfig = WeightingConfig()
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
 
 
 class MomentumDecayConfig(_Section):
@@ -128,6 +177,8 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    # Keys of tsearch.metrics.registry.EVALUATIONS run at each evaluation point, in order.
+    metrics: tuple[str, ...] = Field(("fid",), min_length=1)
     every_kimg: float = Field(5.0, gt=0.0)  # FID (and a checkpoint) every N kimg and at the end
     num_images: int = Field(1000, ge=2)  # generated images per FID
     ref_images: int | None = Field(None, ge=2)  # reference images; null: the whole split
@@ -165,13 +216,14 @@ class SearchConfig(_Section):
     """How `tsearch search` explores: ignored by `tsearch train`."""
 
     name: str | None = None  # experiment name (Ray run dir, Optuna study, MLflow parent run)
-    # Optuna's TPE or random sampler, or every cell of the space once (grid)
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    # A key of tsearch.search.algorithms.ALGORITHMS: Optuna's TPE or random sampler, or every
+    # cell of the space once (grid); checked against the registry before anything starts.
+    algorithm: str = "tpe"
     num_samples: int = Field(10, ge=1)  # trials (a grid runs each of its cells once instead)
     max_concurrent: int = Field(2, ge=1)
     seed: int = Field(0, ge=0)  # TPE seed
     tpe_startup_trials: int = Field(5, ge=1)  # random trials before TPE models the results
-    metric: Literal["eval/fid"] = "eval/fid"
+    metric: Literal["eval/fid"] = names.FID
     mode: Literal["min"] = "min"
     asha: AshaConfig = AshaConfig()
     cpus_per_trial: float = Field(1.0, gt=0.0)
@@ -188,7 +240,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
-    timesteps: TimestepsConfig = TimestepsConfig()
+    timesteps: TimestepsConfig = Field(default_factory=TimestepsConfig)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
+from tsearch import names
 from tsearch.errors import TsearchError
 
 app = typer.Typer(
@@ -35,11 +36,8 @@ ConfigArg = Annotated[
 
 def _load(config: Path | None, overrides: list[str] | None):
     from tsearch.config import load_config
-    from tsearch.timesteps import check_config
 
-    cfg = load_config(config, overrides or [])
-    check_config(cfg)
-    return cfg
+    return load_config(config, overrides or [])
 
 
 @app.command()
@@ -57,7 +55,7 @@ def train(
     """Train one model with one timestep sampler (no Ray needed)."""
     run_dir = None
     if resume is not None:
-        from tsearch.train.loop import resume_config_path
+        from tsearch.train.rundir import resume_config_path
 
         run_dir = resume
         config = resume_config_path(resume)
@@ -69,7 +67,7 @@ def train(
         return
     from tsearch.tracking import build_tracker
     from tsearch.train import train as run_training
-    from tsearch.train.loop import previous_run_id
+    from tsearch.train.rundir import previous_run_id
 
     run_id = previous_run_id(run_dir) if run_dir is not None else None
     tracker = build_tracker(cfg.tracking, run_name=cfg.tracking.run_name, run_id=run_id)
@@ -116,23 +114,22 @@ def search(
     if config is None:
         raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
     cfg = _load(config, overrides)
-    from tsearch.search.tuner import num_trials, plan, search_name
+    from tsearch.search.tuner import plan
 
-    space, _ = plan(cfg, config)
+    checked = plan(cfg, config)
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
-        typer.echo(f"# search {search_name(cfg, config)!r}: {num_trials(cfg, space)} trials "
+        typer.echo(f"# search {checked.name!r}: {checked.num_trials} trials "
                    f"({cfg.search.algorithm}), ASHA {'on' if cfg.search.asha.enabled else 'off'}"
                    "; space:")
-        for line in space.describe():
+        for line in checked.space.describe():
             typer.echo(f"#   {line}")
-        if cfg.search.algorithm == "grid":
-            for i, cell in enumerate(space.grid()):
-                typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
+        for i, cell in enumerate(checked.algorithm.cells(checked.space) or []):
+            typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
         return
     from tsearch.search.tuner import run_search
 
-    result = run_search(cfg, config, address=address, resume=resume)
+    result = run_search(cfg, config, address=address, resume=resume, checked=checked)
     _print_search_result(result)
     if result.best is None:
         errors = sorted({t.error for t in result.trials if t.error})
@@ -164,10 +161,9 @@ def submit(
     cfg = _load(config, overrides)
     from tsearch.search.submit import follow
     from tsearch.search.submit import submit as submit_job
-    from tsearch.search.tuner import plan, search_name
+    from tsearch.search.tuner import plan
 
-    plan(cfg, config)
-    name = search_name(cfg, config)
+    name = plan(cfg, config).name
     sub = submit_job(cfg, config, list(overrides or []), address=address,
                      working_dir=working_dir, name=name)
     typer.echo(f"submitted search {name!r} as Ray job {sub.job_id} to {sub.address}")
@@ -243,8 +239,9 @@ def runs_show(
     typer.echo(f"search {parent.name} ({parent.run_id}, {parent.status}), best FID "
                f"{parent.best_fid:.2f}")
     for t in trial_runs(tracking_uri, parent):
-        sampler = t.params.get("trial.timesteps.sampler.name",
-                               t.params.get("config.timesteps.sampler.name", ""))
+        key = "timesteps.sampler.name"
+        sampler = t.params.get(f"{names.PARAM_TRIAL}.{key}",
+                               t.params.get(f"{names.PARAM_CONFIG}.{key}", ""))
         typer.echo(f"  {t.name:<28} {t.status:<9} FID {t.best_fid:8.2f}  {sampler}  "
                    f"run {t.run_id}")
     typer.echo(f"artifacts: {parent.artifact_uri}/  (trials.csv, fid_vs_kimg.png, "
@@ -366,7 +363,7 @@ def timesteps_show(
     from tsearch import plots
     from tsearch.config import load_config
     from tsearch.diffusion.schedule import NoiseSchedule
-    from tsearch.timesteps import build_sampler, build_weighting, check_config
+    from tsearch.timesteps import build_sampler, build_weighting
     from tsearch.timesteps.preview import describe, profiles, weight_summary
 
     sets = [f"timesteps.sampler.name={name}", f"timesteps.weighting.name={weighting}",
@@ -375,12 +372,12 @@ def timesteps_show(
     sets += [f"timesteps.sampler.params.{kv}" for kv in overrides or []]
     sets += [f"timesteps.weighting.params.{kv}" for kv in weighting_set or []]
     cfg = load_config(None, sets)
-    check_config(cfg)
     sched = NoiseSchedule.create(schedule, num_timesteps, cfg.diffusion.variance)
     sampler = build_sampler(cfg.timesteps.sampler, sched, seed=0)
     weights = build_weighting(cfg.timesteps.weighting, sched, prediction)
     profs = profiles(sampler)
-    typer.echo(f"sampler {name} {cfg.timesteps.sampler.params or ''} on {schedule} "
+    given = cfg.to_dict()["timesteps"]["sampler"]["params"]
+    typer.echo(f"sampler {name} {given or ''} on {schedule} "
                f"(T={num_timesteps}), unbiased={sampler.unbiased}")
     for label, p in profs.items():
         d = describe(p)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tsearch import names
 from tsearch.search.space import flat_config
 
 
@@ -20,17 +21,17 @@ class ProgressCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        fid = result.get("eval/fid", math.nan)
+        fid = result.get(names.FID, math.nan)
         config = flat_config(trial.config)
         name = " ".join(str(config[k]) for k in self.labels if k in config) \
             or config.get("timesteps.sampler.name", "")
-        self.say(f"  {trial.trial_id} {name:<11} kimg {result.get('kimg', 0):6.2f}  "
+        self.say(f"  {trial.trial_id} {name:<11} kimg {result.get(names.TIME_ATTR, 0):6.2f}  "
                  f"FID {fid:8.2f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        self.say(f"  {trial.trial_id} ended at {last.get('kimg', 0):.2f} kimg, "
-                 f"FID {last.get('eval/fid', math.nan):.2f}")
+        self.say(f"  {trial.trial_id} ended at {last.get(names.TIME_ATTR, 0):.2f} kimg, "
+                 f"FID {last.get(names.FID, math.nan):.2f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.say(f"  {trial.trial_id} failed (see its MLflow run for the reason)")

@@ -34,11 +34,12 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from tsearch.config import Config, validate_config
 from tsearch.errors import ConfigError
-from tsearch.timesteps import SAMPLERS, WEIGHTINGS, check_config
+from tsearch.timesteps import SAMPLERS, WEIGHTINGS
 
 _PLUGIN_KEYS = {"timesteps.sampler": SAMPLERS, "timesteps.weighting": WEIGHTINGS}
 
@@ -106,14 +107,48 @@ def merge_flat(base: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, An
     return raw
 
 
-def _config_field_exists(key: str) -> bool:
+def _config_field(key: str) -> FieldInfo | None:
+    """The pydantic field a dotted config key names, or None."""
     cls: Any = Config
+    field = None
     for part in key.split("."):
         fields = getattr(cls, "model_fields", None)
         if not fields or part not in fields:
-            return False
-        cls = fields[part].annotation
-    return True
+            return None
+        field = fields[part]
+        cls = field.annotation
+    return field
+
+
+def _config_field_exists(key: str) -> bool:
+    return _config_field(key) is not None
+
+
+def check_values(key: str, spec: ParamSpec, field: FieldInfo, owner: str = "") -> None:
+    """Every value ``spec`` can propose must be one ``field`` accepts (type and bounds).
+
+    A range is checked at both ends and, for a float range, at a fractional point inside it
+    (an integer field cannot take what a float range proposes).
+    """
+    adapter = TypeAdapter(field.rebuild_annotation())
+    if spec.float_range is not None:
+        lo, hi = spec.float_range
+        probes = [lo, hi, lo + (hi - lo) * 0.318309886]  # 1/pi: never a whole step
+    elif spec.int_range is not None:
+        probes = list(spec.int_range)
+    elif spec.choice is not None:
+        probes = list(spec.choice)
+    else:
+        return
+    for value in probes:
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            kind = ("float" if spec.float_range else "int") if spec.values() is None else "choice"
+            what = f" ({owner})" if owner else ""
+            raise ConfigError(f"config error: search.space.{key}{what}: {kind} value {value!r} "
+                              f"is not allowed: {msg}") from None
 
 
 class DefineByRun:
@@ -194,7 +229,8 @@ class SearchSpace:
                 continue
             plugin = next((p for p in _PLUGIN_KEYS if key.startswith(p + ".params.")), None)
             if plugin is None:
-                if not _config_field_exists(key):
+                field = _config_field(key)
+                if field is None:
                     raise ConfigError(f"config error: search.space.{key}: not a config field "
                                       "(see `tsearch train CONFIG --dry-run` for the fields)")
                 if key in ("timesteps.sampler.name", "timesteps.weighting.name"):
@@ -204,6 +240,8 @@ class SearchSpace:
                         raise ConfigError(
                             f"config error: search.space.{key}: choose among "
                             f"{', '.join(sorted(registry))}, got {bad or 'a numeric range'}")
+                else:
+                    check_values(key, spec, field)
                 continue
             param = key[len(plugin) + len(".params."):]
             for name in self._plugin_names(plugin, spec, cfg):
@@ -212,6 +250,7 @@ class SearchSpace:
                     raise ConfigError(
                         f"config error: search.space.{key}: {name!r} has no hyperparameter "
                         f"{param!r}; it accepts {', '.join(sorted(fields)) or '(none)'}")
+                check_values(key, spec, fields[param], owner=name)
 
     def _plugin_names(self, plugin: str, spec: ParamSpec, cfg: Config) -> list[str]:
         """Which samplers (or weightings) a ``.params.`` key is meant for."""
@@ -289,9 +328,7 @@ def flat_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
 def resolve_trial_config(base: Mapping[str, Any], flat: Mapping[str, Any],
                          labels: tuple[str, ...] | list[str] = ()) -> Config:
     """A trial's flat dotted values over the base config (bundle ``labels`` dropped), validated."""
-    cfg = validate_config(merge_flat(base, {k: v for k, v in flat.items() if k not in labels}))
-    check_config(cfg)
-    return cfg
+    return validate_config(merge_flat(base, {k: v for k, v in flat.items() if k not in labels}))
 
 
 def check_points(base: Mapping[str, Any], points: list[dict[str, Any]],

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 
@@ -81,7 +82,7 @@ def submit(cfg: Config, config: Path, overrides: list[str], *, address: str | No
         client.submit_job(
             entrypoint=command, submission_id=job_id,
             runtime_env={"working_dir": str(working_dir.resolve()), "excludes": EXCLUDES},
-            metadata={"tsearch.search": name}, entrypoint_num_cpus=0,
+            metadata={names.TAG_SEARCH: name}, entrypoint_num_cpus=0,
         )
     except Exception as exc:
         raise TsearchError(f"Ray job server at {url} refused the job: {_first_line(exc)}") from None

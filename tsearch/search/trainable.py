@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-RUN_INFO = "tsearch-trial.json"
+from tsearch import names
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -32,7 +32,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     cfg = resolve_trial_config(base, config, meta.get("labels", ()))
-    run_dir = Path(ctx.get_trial_dir()) / "run"
+    run_dir = names.trial_run_dir(ctx.get_trial_dir())
     run_id = None
     resume = False
     checkpoint = tune.get_checkpoint()
@@ -40,30 +40,31 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
         with checkpoint.as_directory() as d:
             saved = sorted(Path(d).glob("ckpt-*.pt"))
             if saved:
-                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(saved[-1], run_dir / "checkpoints" / saved[-1].name)
+                run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(saved[-1], run_dir.checkpoints / saved[-1].name)
                 resume = True
-            info = Path(d) / RUN_INFO
+            info = Path(d) / names.TRIAL_INFO
             if info.is_file():
-                run_id = json.loads(info.read_text()).get("mlflow_run_id")
+                run_id = json.loads(info.read_text()).get(names.REPORT_RUN_ID)
     tracker = build_tracker(
         cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
         run_id=run_id,
-        tags={"tsearch.kind": "trial", "tsearch.trial_id": trial_id,
-              "tsearch.search": meta.get("search_name", ""),
-              "tsearch.node_ip": _node_ip()},
+        tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
+              names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip()},
     )
     if not resume:
-        tracker.log_params({"trial": {k: v for k, v in sorted(config.items())}})
+        tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())}})
 
     def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
         with tempfile.TemporaryDirectory() as d:
             shutil.copy2(ckpt_path, Path(d) / ckpt_path.name)
-            (Path(d) / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
-            result = {**metrics, "mlflow_run_id": tracker.run_id, "node_ip": _node_ip()}
+            (Path(d) / names.TRIAL_INFO).write_text(
+                json.dumps({names.REPORT_RUN_ID: tracker.run_id}))
+            result = {**metrics, names.REPORT_RUN_ID: tracker.run_id,
+                      names.REPORT_NODE_IP: _node_ip()}
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
-    train(cfg, tracker=tracker, run_dir=run_dir, resume=resume, on_report=on_report,
+    train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
           log=lambda msg: print(f"[{trial_name}] {msg}", file=sys.stderr, flush=True))
 
 

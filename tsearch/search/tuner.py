@@ -1,4 +1,4 @@
-"""Assemble and run a search: Ray Tune + Optuna TPE + ASHA, tracked in MLflow.
+"""Assemble and run a search: Ray Tune + a registered search algorithm + ASHA, in MLflow.
 
 The driver checks MLflow and Ray before any trial starts, creates the MLflow experiment and one
 parent run (this also avoids SQLite's schema race between concurrent trials), then runs the
@@ -18,17 +18,11 @@ from typing import Any
 
 import yaml
 
+from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.search.space import (
-    GRID_KEY,
-    SearchSpace,
-    check_points,
-    flat_config,
-    resolve_trial_config,
-)
-
-STATE_FILE = "tsearch-search.json"
+from tsearch.search.algorithms import SearchAlgorithm, get_algorithm
+from tsearch.search.space import SearchSpace, check_points, flat_config, resolve_trial_config
 
 
 @dataclass
@@ -90,32 +84,52 @@ def base_config(cfg: Config, tracking_uri: str) -> dict[str, Any]:
     return raw
 
 
-def num_trials(cfg: Config, space: SearchSpace) -> int:
-    """A grid runs each cell once; the other algorithms run ``search.num_samples`` trials."""
-    return len(space.grid()) if cfg.search.algorithm == "grid" else cfg.search.num_samples
+@dataclass(frozen=True)
+class SearchPlan:
+    """A search checked before anything starts: its space, algorithm and trial base config."""
+
+    name: str
+    space: SearchSpace
+    algorithm: SearchAlgorithm
+    num_trials: int
 
 
-def plan(cfg: Config, config_path: Path | None) -> tuple[SearchSpace, dict[str, Any]]:
-    """Validate the space and points before anything starts (used by --dry-run too)."""
+def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
+    """Validate everything a search needs before Ray starts (``--dry-run`` shows the result).
+
+    Every searched range and choice is checked against its field's type and bounds, every point
+    and every grid cell is resolved into a full config: a mistake is one line here, not a
+    failure inside each trial.
+    """
+    s = cfg.search
+    algorithm = get_algorithm(s.algorithm)
     space = SearchSpace.from_config(cfg)
     if not space.specs:
         raise ConfigError("config error: search.space is empty: list the parameters to search")
+    if space.labels and not algorithm.supports_bundles:
+        raise ConfigError(f"config error: search.space.{space.labels[0]}: search.algorithm "
+                          f"{s.algorithm!r} does not support bundles; use choices instead")
+    if s.points_to_evaluate and not algorithm.supports_points:
+        raise ConfigError(f"config error: search.points_to_evaluate: search.algorithm "
+                          f"{s.algorithm!r} does not take points (a grid runs every cell "
+                          "already); remove the points or use algorithm tpe or random")
+    if s.asha.enabled and not algorithm.supports_asha:
+        raise ConfigError(f"config error: search.asha.enabled: search.algorithm "
+                          f"{s.algorithm!r} cannot be stopped early; set "
+                          "search.asha.enabled=false")
     base = base_config(cfg, cfg.tracking.uri)
-    check_points(base, cfg.search.points_to_evaluate, space.labels)
-    if cfg.search.algorithm == "grid":
-        if cfg.search.points_to_evaluate:
-            raise ConfigError("config error: search.points_to_evaluate: a grid runs every cell "
-                              "already; remove the points or use algorithm tpe or random")
-        for i, cell in enumerate(space.grid()):
-            try:
-                resolve_trial_config(base, cell, space.labels)
-            except ConfigError as exc:
-                raise ConfigError(f"grid cell {i} {cell}: {exc}") from None
-    asha = cfg.search.asha
-    if asha.enabled and asha.grace_kimg > cfg.train.total_kimg:
-        raise ConfigError(f"config error: search.asha.grace_kimg = {asha.grace_kimg} exceeds "
+    check_points(base, s.points_to_evaluate, space.labels)
+    cells = algorithm.cells(space)
+    for i, cell in enumerate(cells or []):
+        try:
+            resolve_trial_config(base, cell, space.labels)
+        except ConfigError as exc:
+            raise ConfigError(f"grid cell {i} {cell}: {exc}") from None
+    if s.asha.enabled and s.asha.grace_kimg > cfg.train.total_kimg:
+        raise ConfigError(f"config error: search.asha.grace_kimg = {s.asha.grace_kimg} exceeds "
                           f"train.total_kimg = {cfg.train.total_kimg}")
-    return space, base
+    return SearchPlan(name=search_name(cfg, config_path), space=space, algorithm=algorithm,
+                      num_trials=len(cells) if cells is not None else s.num_samples)
 
 
 def run_search(
@@ -125,16 +139,20 @@ def run_search(
     address: str | None = None,
     resume: bool = False,
     log=None,
+    checked: SearchPlan | None = None,
 ) -> SearchResult:
-    """Run (or resume) the search ``cfg.search`` describes and summarise it in MLflow."""
+    """Run (or resume) the search ``cfg.search`` describes and summarise it in MLflow.
+
+    ``checked`` is the :func:`plan` of this config if the caller made it already.
+    """
     from tsearch.search.ray_runtime import check_ray_address, init_ray
     from tsearch.tracking import MlflowTracker, check_tracking_store, ensure_experiment
     from tsearch.tracking.mlflow_tracker import resolve_artifact_root, resolve_tracking_uri
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
-    space, _ = plan(cfg, config_path)
-    name = search_name(cfg, config_path)
+    checked = checked or plan(cfg, config_path)
+    space, name = checked.space, checked.name
     if cfg.tracking.backend != "mlflow":
         raise ConfigError("config error: tracking.backend = 'none': a search records its "
                           "trials in MLflow; set tracking.backend=mlflow")
@@ -153,7 +171,7 @@ def run_search(
     if (address or os.environ.get("RAY_ADDRESS")) and "://" not in cfg.search.storage_path:
         say(f"note: trials on other nodes checkpoint to {storage}; it must be a filesystem every "
             "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
-    state_file = exp_path / STATE_FILE
+    state_file = exp_path / names.SEARCH_STATE
 
     init_ray(address, num_cpus=None)
     from ray import tune
@@ -170,21 +188,22 @@ def run_search(
                            "--resume to continue it, or --set search.name=NEW_NAME")
     parent = MlflowTracker(uri, experiment=cfg.tracking.experiment, artifact_root=artifact_root,
                            run_name=name, run_id=parent_id,
-                           tags={"tsearch.kind": "search", "tsearch.search": name,
-                                 "tsearch.storage": str(exp_path)})
+                           tags={names.TAG_KIND: names.KIND_SEARCH, names.TAG_SEARCH: name,
+                                 names.TAG_STORAGE: str(exp_path)})
     meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
     try:
         if parent_id is None:
-            parent.log_params({"search": cfg.search.model_dump(mode="json"),
-                               "base": {k: v for k, v in cfg.to_dict().items() if k != "search"}})
-            parent.log_dict(cfg.to_dict(), "search_config.json")
+            parent.log_params({
+                names.PARAM_SEARCH: cfg.search.model_dump(mode="json"),
+                names.PARAM_BASE: {k: v for k, v in cfg.to_dict().items() if k != "search"}})
+            parent.log_dict(cfg.to_dict(), names.ARTIFACT_SEARCH_CONFIG)
             exp_path.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
-        say(f"search {name!r}: {num_trials(cfg, space)} trials, up to "
+        say(f"search {name!r}: {checked.num_trials} trials, up to "
             f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at {uri}")
-        tuner = _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say)
+        tuner = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say)
         grid = tuner.fit()
         trials = _summaries(grid)
         result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
@@ -201,11 +220,8 @@ def run_search(
     return result
 
 
-def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
+def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path, say):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
     from tsearch.search.trainable import run_trial
@@ -216,49 +232,22 @@ def _tuner(cfg, space, base, meta, storage, name, uri, resume, exp_path, say):
         resources["gpu"] = s.gpus_per_trial
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, meta=meta),
                                     resources)
-    callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, space.labels)]
+    callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, checked.space.labels)]
     if resume:
         say(f"resuming {exp_path}")
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
-    if s.algorithm == "grid":
-        # Each cell as one grid value: cells set different keys, which Tune's own grid (a
-        # product of per-key lists) cannot express. No search_alg: Tune's variant generator.
-        param_space = {GRID_KEY: tune.grid_search(space.grid())}
-        search_alg, num_samples = None, 1
-    else:
-        import optuna
-
-        searcher = OptunaSearch(
-            space=space.define_by_run(),
-            metric=s.metric, mode=s.mode,
-            points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-            sampler=(optuna.samplers.TPESampler(seed=s.seed,
-                                                n_startup_trials=s.tpe_startup_trials)
-                     if s.algorithm == "tpe"
-                     else optuna.samplers.RandomSampler(seed=s.seed)),
-            study_name=f"tsearch-{name}",
-        )
-        search_alg = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-        param_space, num_samples = None, s.num_samples
-    if s.asha.enabled:
-        scheduler = ASHAScheduler(time_attr="kimg", max_t=cfg.train.total_kimg,
-                                  metric=s.metric, mode=s.mode,
-                                  grace_period=s.asha.grace_kimg,
-                                  reduction_factor=s.asha.reduction_factor,
-                                  brackets=s.asha.brackets)
-    else:
-        scheduler = FIFOScheduler()
+    proposal = checked.algorithm.build(cfg, checked.space, checked.name)
     return tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=proposal.param_space,
         tune_config=tune.TuneConfig(
-            num_samples=num_samples, search_alg=search_alg,
-            max_concurrent_trials=s.max_concurrent if search_alg is None else None,
-            scheduler=scheduler, reuse_actors=False,
+            num_samples=proposal.num_samples, search_alg=proposal.search_alg,
+            max_concurrent_trials=proposal.max_concurrent_trials,
+            scheduler=proposal.scheduler, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+            name=checked.name, storage_path=storage, callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep),
         ),
@@ -271,9 +260,9 @@ def _summaries(grid) -> list[TrialSummary]:
         df = result.metrics_dataframe
         fids: list[tuple[float, float]] = []
         times: list[float] = []
-        if df is not None and "eval/fid" in df and "kimg" in df:
+        if df is not None and names.FID in df and names.TIME_ATTR in df:
             stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
-            for k, f, ts in zip(df["kimg"], df["eval/fid"], stamps, strict=True):
+            for k, f, ts in zip(df[names.TIME_ATTR], df[names.FID], stamps, strict=True):
                 if f == f:
                     fids.append((float(k), float(f)))
                     times.append(float(ts))
@@ -281,9 +270,9 @@ def _summaries(grid) -> list[TrialSummary]:
         status = "ERROR" if result.error else "TERMINATED"
         config = flat_config(result.config)
         out.append(TrialSummary(
-            trial_id=last.get("trial_id", result.path.rsplit("/", 1)[-1]), status=status,
-            config=config, fids=fids, times=times, run_id=last.get("mlflow_run_id"),
-            node_ip=last.get("node_ip"),
+            trial_id=last.get(names.REPORT_TRIAL_ID, result.path.rsplit("/", 1)[-1]),
+            status=status, config=config, fids=fids, times=times,
+            run_id=last.get(names.REPORT_RUN_ID), node_ip=last.get(names.REPORT_NODE_IP),
             error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
             path=result.path,
         ))
@@ -299,7 +288,7 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     from tsearch import plots
     from tsearch.search.space import merge_flat
 
-    out = exp_path / "summary"
+    out = exp_path / names.SEARCH_SUMMARY_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for t in result.trials for k in t.config})
     with (out / "trials.csv").open("w", newline="") as f:
@@ -323,15 +312,15 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
                                      if k not in result.labels})
         best_cfg.pop("search", None)
         best_cfg["tracking"]["run_name"] = None
-        (out / "best_config.yaml").write_text(_best_yaml(best_cfg, result, best))
-        parent.log_artifact(out / "best_config.yaml")
-        parent.log_metrics({"search/best_fid": best.best_fid,
-                            "search/trials": float(len(result.trials))}, step=0)
-        parent.set_tags({"tsearch.best_trial_run": best.run_id or "",
-                         "tsearch.best_fid": f"{best.best_fid:.4f}"})
+        (out / names.ARTIFACT_BEST_CONFIG).write_text(_best_yaml(best_cfg, result, best))
+        parent.log_artifact(out / names.ARTIFACT_BEST_CONFIG)
+        parent.log_metrics({names.SEARCH_BEST_FID: best.best_fid,
+                            names.SEARCH_TRIALS: float(len(result.trials))}, step=0)
+        parent.set_tags({names.TAG_BEST_TRIAL_RUN: best.run_id or "",
+                         names.TAG_BEST_FID: f"{best.best_fid:.4f}"})
         profiles = {}
         for t in sorted(result.trials, key=lambda t: t.best_fid)[:4]:
-            npz = Path(t.path or "") / "run" / "timesteps.npz"
+            npz = names.trial_run_dir(t.path or "").timesteps
             if t.path and npz.is_file():
                 probs = np.load(npz)["probs"]
                 profiles[f"{_label(t)} (FID {t.best_fid:.1f})"] = probs[-1]

@@ -15,7 +15,6 @@ from tsearch.timesteps.registry import (
     WEIGHTINGS,
     build_sampler,
     build_weighting,
-    check_config,
 )
 
 __all__ = [
@@ -31,6 +30,5 @@ __all__ = [
     "TimestepSampler",
     "build_sampler",
     "build_weighting",
-    "check_config",
     "from_config",
 ]

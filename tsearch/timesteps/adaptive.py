@@ -195,14 +195,13 @@ class AdaptiveSampler(TimestepSampler):
         self.policy.to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=p.lr, betas=(0.9, 0.999))
 
-    def _policy_for(self, x0: torch.Tensor | None) -> tuple[nn.Module, torch.Tensor]:
-        if x0 is None:
-            x0 = torch.zeros(1, self.in_channels or 1, 8, 8)
+    def _policy_for(self, x0: torch.Tensor) -> nn.Module:
+        """The policy, built for x0's channels on first use, on x0's device."""
         if self.policy is None:
             self._build_policy(x0.shape[1], x0.device)
         elif next(self.policy.parameters()).device != x0.device:
             self._move_policy(x0.device)  # e.g. built on the CPU by a resume, trained on CUDA
-        return self.policy, x0
+        return self.policy
 
     def _move_policy(self, device: torch.device) -> None:
         self.policy.to(device)
@@ -214,7 +213,8 @@ class AdaptiveSampler(TimestepSampler):
     # --- contract ---------------------------------------------------------------------------
     def sample(self, n: int, ctx: StepContext) -> Draw:
         x0 = ctx.x0 if ctx.x0 is not None else torch.zeros(n, self.in_channels or 1, 8, 8)
-        policy, x0 = self._policy_for(x0[:n])
+        x0 = x0[:n]
+        policy = self._policy_for(x0)
         with torch.no_grad():
             alpha, beta = policy(x0)
         alpha, beta = alpha.float().cpu(), beta.float().cpu()
@@ -227,7 +227,7 @@ class AdaptiveSampler(TimestepSampler):
         self._last_ab = (alpha.double().numpy(), beta.double().numpy())
         if self._wants_probe(ctx):
             self._pending = {"x0": x0.detach().clone(), "u": u, "step": ctx.step}
-        return Draw(t=t, importance_weight=torch.ones(n), aux={"u": u})
+        return Draw(t=t, importance_weight=torch.ones(n))
 
     def _wants_probe(self, ctx: StepContext) -> bool:
         return ctx.step % self.params.update_every == 0
@@ -268,7 +268,7 @@ class AdaptiveSampler(TimestepSampler):
 
     def _update_policy(self, x0: torch.Tensor, u: torch.Tensor, reward: torch.Tensor) -> None:
         p = self.params
-        policy, x0 = self._policy_for(x0)
+        policy = self._policy_for(x0)
         device = x0.device
         alpha, beta = policy(x0)
         dist = Beta(alpha, beta)

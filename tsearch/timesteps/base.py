@@ -13,9 +13,8 @@ a seeded ``torch.Generator`` and can be checkpointed.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -55,13 +54,11 @@ class Draw:
     """Timesteps for one batch and the factor each sample's loss is multiplied by.
 
     ``importance_weight`` is 1/(T p_t) for unbiased samplers and ones for the samplers that change
-    the objective on purpose. ``aux`` carries sampler-private values (e.g. the Beta draws of the
-    adaptive sampler) back to ``observe``.
+    the objective on purpose.
     """
 
     t: torch.Tensor  # int64 [n], values in [0, T)
     importance_weight: torch.Tensor  # float32 [n], finite and > 0
-    aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ class ProbeSpec:
 
     t: torch.Tensor  # int64 [m]
     image_index: torch.Tensor  # int64 [m], indices into the current batch
-    kind: Literal["delta", "grad_norm"] = "delta"
+    kind: str = "delta"  # a key of tsearch.train.probe.PROBE_KINDS
     loss: Literal["vlb", "mse"] = "vlb"
     common_noise: bool = True
 
@@ -197,16 +194,8 @@ class LossWeighting(ABC):
             self._tensors[key] = torch.as_tensor(self._table, dtype=torch.float32).to(t.device)
         return self._tensors[key][t]
 
-    def summary(self) -> dict[str, float]:
-        w = self._table
-        return {"min": float(w.min()), "max": float(w.max()), "mean": float(w.mean())}
-
 
 def entropy(p: torch.Tensor) -> float:
     """Shannon entropy in nats; log(T) for uniform."""
     p = p.to(torch.float64).clamp_min(1e-300)
     return float(-(p * p.log()).sum())
-
-
-def max_entropy(num_timesteps: int) -> float:
-    return math.log(num_timesteps)

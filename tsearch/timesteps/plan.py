@@ -11,7 +11,7 @@ from tsearch.config import Config, load_config
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.seeding import derive_seed
 from tsearch.timesteps.base import Draw, LossWeighting, StepContext, TimestepSampler
-from tsearch.timesteps.registry import build_sampler, build_weighting, check_config
+from tsearch.timesteps.registry import build_sampler, build_weighting
 
 
 @dataclass
@@ -37,8 +37,8 @@ class TimestepPlan:
         self._ctx = StepContext(step=step, kimg=step * n / 1000, progress=progress, lr=lr,
                                 x0=x0.detach())
         draw = self.sampler.sample(n, self._ctx)
-        return Draw(t=draw.t.to(x0.device), importance_weight=draw.importance_weight.to(
-            x0.device), aux=draw.aux)
+        return Draw(t=draw.t.to(x0.device),
+                    importance_weight=draw.importance_weight.to(x0.device))
 
     def loss_factor(self, draw: Draw) -> torch.Tensor:
         """w[t] * importance weight: multiply the per-sample loss by this before the mean."""
@@ -65,7 +65,6 @@ def from_config(path: str | Path | Config, schedule: NoiseSchedule | None = None
         seed: the sampler's seed (default: derived from ``train.seed`` as the trainer does).
     """
     cfg = path if isinstance(path, Config) else load_config(path)
-    check_config(cfg)
     if schedule is None:
         d = cfg.diffusion
         schedule = NoiseSchedule.create(d.schedule, d.num_timesteps, d.variance)

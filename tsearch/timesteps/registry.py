@@ -1,16 +1,26 @@
 """Explicit registries of timestep samplers and loss weightings.
 
 Names, once committed, never change meaning: MLflow runs refer to them (the improved-diffusion
-rule for schedules). Hyperparameters are typed ``Params`` fields, never parts of names.
+rule for schedules). Hyperparameters are typed ``Params`` fields, never parts of names. Adding a
+sampler or weighting is one file plus one line here; the conformance suite picks it up.
+
+This module also hands ``tsearch.config`` the parser that types a section's ``params`` when a
+config is validated (config cannot import the plugins).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from tsearch.config import ComponentConfig, Config, format_validation_error
+from tsearch.config import (
+    SamplerConfig,
+    WeightingConfig,
+    format_validation_error,
+    register_params_parser,
+)
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import ConfigError
 from tsearch.timesteps.adaptive import AdaptiveSampler
@@ -57,47 +67,45 @@ def _lookup(kind: str, registry: dict[str, Any], name: str) -> Any:
     return registry[name]
 
 
-def _params(kind: str, cls: Any, raw: dict[str, Any]) -> Params:
-    try:
-        return cls.Params.model_validate(raw)
-    except ValidationError as exc:
-        msg = format_validation_error(exc, prefix=f"timesteps.{kind}.params.")
-        if "unknown key" in msg:
-            allowed = ", ".join(sorted(cls.Params.model_fields)) or "(none)"
-            msg = msg.split(";")[0] + f"; {cls.name} accepts: {allowed}"
-        raise ConfigError(msg) from None
+def _parser(kind: str, registry: dict[str, Any]):
+    def parse(name: str, raw: Any) -> Params:
+        """``raw`` (a mapping, or the plugin's own Params) as the plugin's Params."""
+        cls = _lookup(kind, registry, name)
+        if isinstance(raw, cls.Params):
+            return raw
+        if isinstance(raw, Params) or not isinstance(raw, Mapping):
+            raise ConfigError(f"config error: timesteps.{kind}.params must be a mapping of "
+                              f"{name}'s hyperparameters, got {type(raw).__name__}")
+        try:
+            return cls.Params.model_validate(dict(raw))
+        except ValidationError as exc:
+            msg = format_validation_error(exc, prefix=f"timesteps.{kind}.params.")
+            if "unknown key" in msg:
+                allowed = ", ".join(sorted(cls.Params.model_fields)) or "(none)"
+                msg = msg.split(";")[0] + f"; {cls.name} accepts: {allowed}"
+            raise ConfigError(msg) from None
+
+    return parse
 
 
-def sampler_params(cfg: ComponentConfig) -> Params:
-    """The validated Params of a sampler config (ConfigError with the field path if bad)."""
-    return _params("sampler", _lookup("sampler", SAMPLERS, cfg.name), cfg.params)
+register_params_parser("sampler", _parser("sampler", SAMPLERS))
+register_params_parser("weighting", _parser("weighting", WEIGHTINGS))
 
 
-def weighting_params(cfg: ComponentConfig) -> Params:
-    return _params("weighting", _lookup("weighting", WEIGHTINGS, cfg.name), cfg.params)
-
-
-def check_config(cfg: Config) -> None:
-    """Validate the plugin parts that ``tsearch.config`` cannot see."""
-    sampler_params(cfg.timesteps.sampler)
-    weighting_params(cfg.timesteps.weighting)
-
-
-def build_sampler(cfg: ComponentConfig, schedule: NoiseSchedule, seed: int) -> TimestepSampler:
+def build_sampler(cfg: SamplerConfig, schedule: NoiseSchedule, seed: int) -> TimestepSampler:
+    """The sampler a validated config section names, with its already typed params."""
     cls = _lookup("sampler", SAMPLERS, cfg.name)
-    params = sampler_params(cfg)
     try:
-        return cls(schedule, params, seed)
+        return cls(schedule, cfg.params, seed)
     except ValueError as exc:  # constraints that depend on the schedule (e.g. tau < T)
         raise ConfigError(f"config error: timesteps.sampler.params: {exc}") from None
 
 
 def build_weighting(
-    cfg: ComponentConfig, schedule: NoiseSchedule, prediction: str = "eps"
+    cfg: WeightingConfig, schedule: NoiseSchedule, prediction: str = "eps"
 ) -> LossWeighting:
     cls = _lookup("weighting", WEIGHTINGS, cfg.name)
-    params = weighting_params(cfg)
     try:
-        return cls(schedule, params, prediction)
+        return cls(schedule, cfg.params, prediction)
     except ValueError as exc:
         raise ConfigError(f"config error: timesteps.weighting.params: {exc}") from None

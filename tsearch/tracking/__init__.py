@@ -1,8 +1,7 @@
 """Experiment tracking: the only package that imports MLflow, and only lazily.
 
-``import tsearch.tracking`` works without MLflow, so the trainer can depend on the
-:class:`Tracker` protocol and :class:`NullTracker`; MLflow is imported when an
-:class:`MlflowTracker` is built.
+The :class:`~tsearch.tracker.Tracker` protocol lives in ``tsearch.tracker`` (the trainer never
+imports this package); MLflow is imported when an :class:`MlflowTracker` is built.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tsearch.config import TrackingConfig
-from tsearch.tracking.base import NullTracker, TimestepHistory, Tracker, flatten_params
+from tsearch.tracker import NullTracker, Tracker
 from tsearch.tracking.mlflow_tracker import (
     MlflowTracker,
     check_tracking_store,
@@ -23,12 +22,10 @@ from tsearch.tracking.mlflow_tracker import (
 __all__ = [
     "MlflowTracker",
     "NullTracker",
-    "TimestepHistory",
     "Tracker",
     "build_tracker",
     "check_tracking_store",
     "ensure_experiment",
-    "flatten_params",
     "resolve_artifact_root",
     "resolve_tracking_uri",
 ]

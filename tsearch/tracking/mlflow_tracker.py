@@ -1,4 +1,4 @@
-"""The :class:`~tsearch.tracking.base.Tracker` protocol on an MLflow tracking store.
+"""The :class:`~tsearch.tracker.Tracker` protocol on an MLflow tracking store.
 
 MLflow is imported inside functions only, so importing this module (and ``tsearch.tracking``)
 works without MLflow installed. Each tracker owns an ``MlflowClient`` instead of the fluent global
@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.tracking.base import (
-    FAILURE_ARTIFACT,
-    FAILURE_REASON_TAG,
+from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON, TAG_PARENT_RUN
+from tsearch.tracker import (
     MAX_TAG_VALUE_LENGTH,
     check_status,
     dumps_json,
@@ -59,7 +58,6 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 # Buffered metric values that trigger a write; a few evaluations' worth, so SQLite sees few writes.
 FLUSH_THRESHOLD = 200
 PROBE_TIMEOUT_S = 5.0
-PARENT_RUN_TAG = "mlflow.parentRunId"
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _T = TypeVar("_T")
@@ -303,7 +301,7 @@ class MlflowTracker:
         run_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             self._get_run(parent_run_id, "parent run")
-            run_tags[PARENT_RUN_TAG] = parent_run_id
+            run_tags[TAG_PARENT_RUN] = parent_run_id
 
         if run_id:
             run = self._get_run(run_id, "run to resume")
@@ -416,8 +414,8 @@ class MlflowTracker:
         try:
             self.flush()
             if reason:
-                self.set_tags({FAILURE_REASON_TAG: reason})
-                self.log_text(reason if reason.endswith("\n") else reason + "\n", FAILURE_ARTIFACT)
+                self.set_tags({TAG_FAILURE_REASON: reason})
+                self.log_text(reason if reason.endswith("\n") else reason + "\n", ARTIFACT_FAILURE)
         finally:
             _retry(lambda: self.client.set_terminated(self.run_id, status))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tsearch import names
 from tsearch.errors import TsearchError
 from tsearch.tracking.mlflow_tracker import _client, check_tracking_store, resolve_tracking_uri
 
@@ -36,7 +36,7 @@ def _rows(runs) -> list[RunRow]:
     out = []
     for r in runs:
         metrics = r.data.metrics
-        best = metrics.get("search/best_fid", metrics.get("eval/fid", math.inf))
+        best = metrics.get(names.SEARCH_BEST_FID, metrics.get(names.FID, math.inf))
         out.append(RunRow(run_id=r.info.run_id, name=r.info.run_name or "",
                           status=r.info.status, start_time=r.info.start_time or 0,
                           best_fid=float(best), tags=dict(r.data.tags),
@@ -61,7 +61,7 @@ def list_searches(uri: str) -> list[RunRow]:
     ids = _all_experiment_ids(client)
     if not ids:
         return []
-    runs = client.search_runs(ids, "tags.`tsearch.kind` = 'search'",
+    runs = client.search_runs(ids, f"tags.`{names.TAG_KIND}` = '{names.KIND_SEARCH}'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
     return _rows(runs)
 
@@ -84,11 +84,11 @@ def trial_runs(uri: str, parent: RunRow) -> list[RunRow]:
     """Child runs of a search, best FID first (metric eval/fid: the last logged value)."""
     client = _client_for(uri)
     runs = client.search_runs([parent.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                              f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'",
                               max_results=5000)
     rows = _rows(runs)
     for row in rows:  # the best FID over the run, not the last one
-        history = client.get_metric_history(row.run_id, "eval/fid")
+        history = client.get_metric_history(row.run_id, names.FID)
         finite = [m.value for m in history if math.isfinite(m.value)]
         row.best_fid = min(finite) if finite else math.inf
     return sorted(rows, key=lambda r: r.best_fid)
@@ -109,10 +109,11 @@ def close_trial_run(uri: str, trial_id: str, status: str, note: str) -> None:
     """End a trial's child run that Tune ended from outside (e.g. an ASHA stop)."""
     client = _client(uri)
     ids = _all_experiment_ids(client)
-    runs = client.search_runs(ids, f"tags.`tsearch.trial_id` = '{trial_id}'", max_results=10)
+    runs = client.search_runs(ids, f"tags.`{names.TAG_TRIAL_ID}` = '{trial_id}'",
+                              max_results=10)
     for run in runs:
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "tsearch.ended_by", note)
+            client.set_tag(run.info.run_id, names.TAG_ENDED_BY, note)
             client.set_terminated(run.info.run_id, status)
 
 
@@ -121,8 +122,7 @@ def run_summary(row: RunRow) -> dict[str, Any]:
             "best_fid": row.best_fid}
 
 
-REPORT_METRICS = ("eval/fid", "compute/probe_forwards", "compute/train_forwards")
-TIMESTEPS_DIR = "timesteps"
+REPORT_METRICS = (names.FID, names.PROBE_FORWARDS, names.TRAIN_FORWARDS)
 
 
 @dataclass
@@ -169,23 +169,20 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
             for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
 
 
-_PT_FILE = re.compile(r"^p_t_(\d+)\.npy$")
-
-
 def _timestep_snapshots(client, run_id: str) -> list[tuple[int, np.ndarray]]:
     """The run's ``timesteps/p_t_<images>.npy`` arrays, downloaded in one call."""
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="tsearch-report-") as tmp:
         try:
-            local = Path(client.download_artifacts(run_id, TIMESTEPS_DIR, tmp))
+            local = Path(client.download_artifacts(run_id, names.TIMESTEPS_DIR, tmp))
         except (MlflowException, OSError):  # no evaluation yet: no snapshot
             return []
         out = []
         for path in local.glob("p_t_*.npy"):
-            match = _PT_FILE.match(path.name)
-            if match:
-                out.append((int(match.group(1)), np.load(path, allow_pickle=False)))
+            images_seen = names.pt_images_seen(path.name)
+            if images_seen is not None:
+                out.append((images_seen, np.load(path, allow_pickle=False)))
     return sorted(out, key=lambda item: item[0])
 
 
@@ -218,7 +215,7 @@ def search_records(
     runs, token = [], None
     while True:
         page = client.search_runs([parent.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                                  f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'",
                                   max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
@@ -233,15 +230,15 @@ def search_records(
             histories = {key: _history(client, run.info.run_id, key) for key in REPORT_METRICS}
             records.append(TrialRecord(
                 run_id=run.info.run_id,
-                trial_id=run.data.tags.get("tsearch.trial_id") or run.info.run_name or "",
+                trial_id=run.data.tags.get(names.TAG_TRIAL_ID) or run.info.run_name or "",
                 status=run.info.status,
-                values={k[len("trial."):]: parse_param(v) for k, v in params.items()
-                        if k.startswith("trial.")},
-                config={k[len("config."):]: parse_param(v) for k, v in params.items()
-                        if k.startswith("config.")},
-                fid=histories["eval/fid"],
-                probe_forwards=histories["compute/probe_forwards"],
-                train_forwards=histories["compute/train_forwards"],
+                values={k: parse_param(v)
+                        for k, v in names.strip_prefix(params, names.PARAM_TRIAL).items()},
+                config={k: parse_param(v)
+                        for k, v in names.strip_prefix(params, names.PARAM_CONFIG).items()},
+                fid=histories[names.FID],
+                probe_forwards=histories[names.PROBE_FORWARDS],
+                train_forwards=histories[names.TRAIN_FORWARDS],
                 p_t=_timestep_snapshots(client, run.info.run_id),
             ))
             if progress is not None:

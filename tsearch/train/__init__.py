@@ -1,9 +1,11 @@
-"""Training: step order, checkpoints, evaluation, optimizer schedules.
+"""Training: the step order (``loop``), what a run holds and checkpoints (``state``), what it
+records (``rundir``), probe kinds (``probe``), optimizer schedules (``optim``).
 
-Imports neither ray, optuna nor mlflow (a test enforces it): results leave through a Tracker and
-the ``on_report`` callback.
+Imports neither ray, optuna, mlflow nor ``tsearch.tracking`` (``tests/test_boundaries.py``
+enforces it): results leave through a ``tsearch.tracker.Tracker`` and the ``on_report`` callback.
 """
 
-from tsearch.train.loop import TrainResult, train
+from tsearch.train.loop import train
+from tsearch.train.rundir import TrainResult
 
 __all__ = ["TrainResult", "train"]

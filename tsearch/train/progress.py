@@ -7,7 +7,7 @@ import time
 
 
 class Progress:
-    """Shows kimg, the last training loss and the last FID."""
+    """Shows kimg, the last training loss and the last headline evaluation metric (FID)."""
 
     def __init__(self, total_kimg: float, enabled: bool = True, start_kimg: float = 0.0,
                  stream=None):
@@ -15,7 +15,7 @@ class Progress:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.loss: float | None = None
-        self.fid: float | None = None
+        self.metric: tuple[str, float] | None = None  # (label, value), e.g. ("FID", 31.2)
         self._bar = None
         self._last_line = 0.0
         self._start = time.perf_counter()
@@ -38,22 +38,23 @@ class Progress:
         parts = []
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
-        if self.fid is not None:
-            parts.append(f"FID {self.fid:.2f}")
+        if self.metric is not None:
+            parts.append(f"{self.metric[0]} {self.metric[1]:.2f}")
         return "  ".join(parts)
 
-    def update(self, kimg: float, loss: float | None = None, fid: float | None = None) -> None:
+    def update(self, kimg: float, loss: float | None = None,
+               metric: tuple[str, float] | None = None) -> None:
         if loss is not None:
             self.loss = loss
-        if fid is not None:
-            self.fid = fid
+        if metric is not None:
+            self.metric = metric
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.update(self._task, completed=kimg, info=self._info())
             return
         now = time.perf_counter()
-        if fid is not None or now - self._last_line > 10.0 or kimg >= self.total:
+        if metric is not None or now - self._last_line > 10.0 or kimg >= self.total:
             self._last_line = now
             pct = 100.0 * kimg / self.total if self.total else 100.0
             print(f"train {kimg:.2f}/{self.total:g} kimg ({pct:.0f}%)  {self._info()}  "

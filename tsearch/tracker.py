@@ -1,8 +1,9 @@
-"""The experiment-tracking contract, with no MLflow import.
+"""The experiment-tracking contract: a leaf both ``tsearch.train`` and ``tsearch.tracking`` import.
 
-The trainer talks to a :class:`Tracker` only, so it runs (and its tests run) with MLflow absent:
-:class:`NullTracker` does nothing durable but keeps what was logged in memory for inspection.
-``tsearch.tracking.mlflow_tracker`` implements the same protocol on an MLflow store.
+The trainer talks to a :class:`Tracker` only, so it runs (and its tests run) with MLflow absent
+and never imports ``tsearch.tracking``: :class:`NullTracker` does nothing durable but keeps what
+was logged in memory for inspection. ``tsearch.tracking.mlflow_tracker`` implements the same
+protocol on an MLflow store.
 
 Conventions every implementation follows:
 
@@ -18,7 +19,6 @@ Conventions every implementation follows:
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,11 +27,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON
+
 # MLflow's limits (mlflow/utils/validation.py); copied so this module never imports mlflow.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
-FAILURE_REASON_TAG = "tsearch.failure_reason"
-FAILURE_ARTIFACT = "failure.txt"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -189,8 +189,8 @@ class NullTracker:
         if self.status != "RUNNING":
             return
         if reason:
-            self.tags[FAILURE_REASON_TAG] = reason[:MAX_TAG_VALUE_LENGTH]
-            self.artifacts[FAILURE_ARTIFACT] = reason
+            self.tags[TAG_FAILURE_REASON] = reason[:MAX_TAG_VALUE_LENGTH]
+            self.artifacts[ARTIFACT_FAILURE] = reason
         self.status, self.reason = status, reason
 
     def __enter__(self) -> NullTracker:
@@ -206,51 +206,3 @@ class NullTracker:
             self.finish("FINISHED")
         else:
             self.finish(status_for_exception(exc_type), exception_reason(exc))
-
-
-class TimestepHistory:
-    """Snapshots of a sampler's p(t) over training, for the heatmap and the ``.npy`` artifact.
-
-    The trainer appends ``sampler.probs()`` at every evaluation; ``matrix`` is
-    ``[n_snapshots, T]`` with rows in append order and ``kimgs`` the matching progress.
-    ``state_dict`` holds plain lists so it loads with ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(self) -> None:
-        self._kimgs: list[float] = []
-        self._rows: list[np.ndarray] = []
-
-    def append(self, kimg: float, probs: np.ndarray) -> None:
-        """Add the distribution ``probs`` ([T], e.g. a CPU tensor or array) seen at ``kimg``."""
-        row = np.asarray(probs, dtype=np.float64).reshape(-1)
-        if self._rows and row.shape != self._rows[0].shape:
-            raise ValueError(
-                f"p(t) snapshot has {row.size} timesteps, earlier ones had {self._rows[0].size}"
-            )
-        if not math.isfinite(float(kimg)):
-            raise ValueError(f"kimg must be finite, got {kimg}")
-        self._kimgs.append(float(kimg))
-        self._rows.append(row.copy())
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @property
-    def kimgs(self) -> np.ndarray:
-        """Progress of each snapshot in kimg, shape [n_snapshots]."""
-        return np.asarray(self._kimgs, dtype=np.float64)
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """All snapshots stacked, shape [n_snapshots, T] (``[0, 0]`` when empty)."""
-        if not self._rows:
-            return np.zeros((0, 0), dtype=np.float64)
-        return np.stack(self._rows)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kimgs": list(self._kimgs), "probs": [row.tolist() for row in self._rows]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._kimgs, self._rows = [], []
-        for kimg, row in zip(state["kimgs"], state["probs"], strict=True):
-            self.append(kimg, np.asarray(row))

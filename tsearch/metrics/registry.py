@@ -1,0 +1,30 @@
+"""Evaluations by name (``eval.metrics``); names, once committed, never change meaning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tsearch.config import DataConfig, EvalConfig
+from tsearch.errors import ConfigError
+from tsearch.metrics.evaluation import EvalSetting, Evaluation, Evaluations
+from tsearch.metrics.fid_evaluation import FIDEvaluation
+
+EVALUATIONS: dict[str, type[Evaluation]] = {
+    "fid": FIDEvaluation,
+}
+
+
+def check_evaluations(selected: Sequence[str]) -> None:
+    """Every name in ``eval.metrics`` is registered (a one-line config error otherwise)."""
+    for name in selected:
+        if name not in EVALUATIONS:
+            raise ConfigError(f"config error: eval.metrics: unknown evaluation {name!r}; "
+                              f"choose among {', '.join(sorted(EVALUATIONS))}")
+
+
+def build_evaluations(eval_cfg: EvalConfig, data_cfg: DataConfig,
+                      setting: EvalSetting) -> Evaluations:
+    """The evaluations ``eval.metrics`` names, in that order."""
+    check_evaluations(eval_cfg.metrics)
+    return Evaluations([EVALUATIONS[name](eval_cfg, data_cfg, setting)
+                        for name in eval_cfg.metrics])

@@ -1,0 +1,124 @@
+"""Every string that one part of tsearch writes and another reads back.
+
+Metric keys, the key ASHA counts time in, MLflow tags and param prefixes, and the files of a run
+directory: a writer and its readers (the trainer, the Ray trainable, the driver's callbacks,
+``tsearch runs``/``report``/``export``) import the name from here, so renaming one cannot
+silently split them. A leaf: imports nothing of tsearch.
+
+Once committed, a value never changes meaning: MLflow stores of earlier searches use it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# --- Metric keys (slash-namespaced) -------------------------------------------------------------
+FID = "eval/fid"  # the search metric (lower is better)
+EVAL_SECONDS = "eval/seconds"
+EVAL_GENERATE_SECONDS = "eval/generate_seconds"
+TRAIN_LOSS = "train/loss"  # the optimised (weighted) objective
+TRAIN_LOSS_UNWEIGHTED = "train/loss_unweighted"
+TRAIN_GRAD_NORM = "train/grad_norm"
+TRAIN_LR = "train/lr"
+TRAIN_BETA1 = "train/beta1"
+TRAIN_PREFIX = "train/"
+PROGRESS_KIMG = "progress/kimg"
+PROBE_FORWARDS = "compute/probe_forwards"
+TRAIN_FORWARDS = "compute/train_forwards"
+IMAGES_PER_S = "perf/images_per_s"
+SEARCH_BEST_FID = "search/best_fid"
+SEARCH_TRIALS = "search/trials"
+
+
+def loss_quartile(i: int) -> str:
+    """Mean unweighted loss of the ``i``-th quarter of the timesteps (1 = least noise)."""
+    return f"train/loss_q{i}"
+
+
+# --- What a trial reports to Ray Tune -----------------------------------------------------------
+TIME_ATTR = "kimg"  # ASHA's clock: training images seen / 1000
+REPORT_STEP = "step"
+REPORT_RUN_ID = "mlflow_run_id"
+REPORT_NODE_IP = "node_ip"
+REPORT_TRIAL_ID = "trial_id"  # filled in by Tune
+
+# --- MLflow tags --------------------------------------------------------------------------------
+TAG_KIND = "tsearch.kind"  # KIND_SEARCH on a parent run, KIND_TRIAL on a child run
+KIND_SEARCH = "search"
+KIND_TRIAL = "trial"
+TAG_SEARCH = "tsearch.search"  # the search name
+TAG_STORAGE = "tsearch.storage"  # the search's Ray experiment directory
+TAG_TRIAL_ID = "tsearch.trial_id"
+TAG_NODE_IP = "tsearch.node_ip"
+TAG_RUN_DIR = "tsearch.run_dir"
+TAG_SAMPLER = "tsearch.sampler"
+TAG_WEIGHTING = "tsearch.weighting"
+TAG_EVAL_BACKEND = "tsearch.fid_extractor"  # which extractor (and weights) scored the run
+TAG_BEST_TRIAL_RUN = "tsearch.best_trial_run"
+TAG_BEST_FID = "tsearch.best_fid"
+TAG_ENDED_BY = "tsearch.ended_by"
+TAG_FAILURE_REASON = "tsearch.failure_reason"
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own
+
+# --- MLflow param prefixes (params are flat dotted strings) -------------------------------------
+PARAM_CONFIG = "config"  # a run's whole resolved config
+PARAM_TRIAL = "trial"  # a trial's searched values
+PARAM_SEARCH = "search"  # the search section, on the parent run
+PARAM_BASE = "base"  # the config every trial starts from, on the parent run
+PARAM_MODEL_SIZE = "model/parameters"
+PARAM_DEVICE = "device"
+
+
+def strip_prefix(params: dict[str, str], prefix: str) -> dict[str, str]:
+    """The params logged under ``prefix`` (e.g. PARAM_TRIAL), with ``prefix.`` removed."""
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in params.items() if k.startswith(head)}
+
+
+# --- MLflow artifacts ---------------------------------------------------------------------------
+ARTIFACT_CONFIG = "config.json"
+ARTIFACT_SEARCH_CONFIG = "search_config.json"
+ARTIFACT_PLOTS = "plots"
+ARTIFACT_FAILURE = "failure.txt"
+ARTIFACT_BEST_CONFIG = "best_config.yaml"
+TIMESTEPS_DIR = "timesteps"  # p(t) snapshots, one .npy per evaluation
+_PT_FILE = re.compile(r"^p_t_(\d+)\.npy$")
+
+
+def pt_artifact(images_seen: int) -> str:
+    """Artifact path of the p(t) snapshot taken at ``images_seen``."""
+    return f"{TIMESTEPS_DIR}/p_t_{images_seen:09d}.npy"
+
+
+def pt_images_seen(filename: str) -> int | None:
+    """Inverse of :func:`pt_artifact` on a file name; None if it is not a snapshot."""
+    match = _PT_FILE.match(filename)
+    return int(match.group(1)) if match else None
+
+
+# --- Files on disk ------------------------------------------------------------------------------
+class RunDir:
+    """The files of one training run's directory (``tsearch train`` or one search trial)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json")  # resolved config
+    run_info = property(lambda self: self.path / "run.json")  # {"run_id": MLflow run id}
+    metrics = property(lambda self: self.path / "metrics.jsonl")  # every logged record
+    timesteps = property(lambda self: self.path / "timesteps.npz")  # p(t) over training
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    heatmap = property(lambda self: self.path / "p_t_heatmap.png")
+    fid_curve = property(lambda self: self.path / "fid_curve.png")
+
+
+TRIAL_RUN_SUBDIR = "run"  # a trial's RunDir inside its Ray trial directory
+TRIAL_INFO = "tsearch-trial.json"  # in a trial's Tune checkpoint: its MLflow run id
+SEARCH_STATE = "tsearch-search.json"  # in a search's Ray experiment directory
+SEARCH_SUMMARY_SUBDIR = "summary"  # trials.csv, plots and best_config.yaml of a search
+
+
+def trial_run_dir(trial_dir: str | Path) -> RunDir:
+    """The run directory a trial's trainer writes into."""
+    return RunDir(Path(trial_dir) / TRIAL_RUN_SUBDIR)
