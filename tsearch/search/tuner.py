@@ -21,6 +21,7 @@ import yaml
 from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
+from tsearch.metrics.registry import check_evaluations
 from tsearch.search.algorithms import SearchAlgorithm, get_algorithm
 from tsearch.search.space import SearchSpace, check_points, flat_config, resolve_trial_config
 
@@ -103,6 +104,7 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
     """
     s = cfg.search
     algorithm = get_algorithm(s.algorithm)
+    check_evaluations(cfg.eval.metrics)
     space = SearchSpace.from_config(cfg)
     if not space.specs:
         raise ConfigError("config error: search.space is empty: list the parameters to search")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tsearch import names
 from tsearch.config import Config
 from tsearch.data import InfiniteLoader, load_images
 from tsearch.diffusion.model import build_model
@@ -109,7 +110,7 @@ class TrainState:
         if "evals" in state:
             self.evals = [(float(k), dict(m)) for k, m in state["evals"]]
         else:  # checkpoints written before evaluations were plug-ins held FID only
-            self.evals = [(float(k), {"eval/fid": float(f)}) for k, f in state["fid_history"]]
+            self.evals = [(float(k), {names.FID: float(f)}) for k, f in state["fid_history"]]
         self.pt_history = TimestepHistory()
         for kimg, p in zip(state["pt_kimg"], state["pt_probs"], strict=True):
             self.pt_history.append(kimg, np.asarray(p))
