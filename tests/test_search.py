@@ -58,12 +58,23 @@ def test_dry_run_prints_config_and_space(tmp_path):
     ("search.space={optim.lrr: {float: [1, 2]}}", "not a config field"),
     ("search.space={optim.lr: {float: [2, 1]}}", "lo < hi"),
     ("search.space={timesteps.sampler.name: {choice: [uniform, nope]}}", "choose among"),
+    # A range outside the field's bounds (Params >= 2) or of the wrong type, before any trial.
+    ("search.space={timesteps.sampler.name: {choice: [uniform, adaptive]}, "
+     "timesteps.sampler.params.queue_size: {int: [0, 50], when: {timesteps.sampler.name: "
+     "adaptive}}}", "queue_size (adaptive): int value 0 is not allowed: Input should be "
+     "greater than or equal to 2"),
+    ("search.space={optim.lr: {float: [1.0e-4, 2.0], log: true}}", "float value 2.0 is not "
+     "allowed"),
+    ("search.space={train.batch_size: {float: [8, 64]}}", "valid integer"),
+    ("search.space={diffusion.schedule: {choice: [linear, cosin]}}", "choice value 'cosin'"),
+    ("search.algorithm=annealing", "unknown algorithm; choose one of grid, random, tpe"),
 ])
 def test_bad_space_is_one_line_exit_2(tmp_path, override, needle):
     proc = tsearch("search", str(SMOKE), "--set", override, *common(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert needle in proc.stderr
+    assert not (tmp_path / "ray").exists()  # refused before Ray or any trial started
 
 
 @pytest.mark.slow

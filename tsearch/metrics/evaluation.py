@@ -36,13 +36,15 @@ class EvalSetting:
 class Evaluation(ABC):
     """A measurement of a model at one point of training.
 
-    ``headline`` is the key shown on the progress line (None: show nothing). ``prepare`` does
+    ``provides`` lists the metric keys a call returns (a search checks that its metric is among
+    them before it starts); ``headline`` is the one shown on the progress line. ``prepare`` does
     the one-time work (reference statistics, extractor weights) before training starts, so that
     a missing file fails before any compute is spent. Evaluations must not change the model or
     any global RNG: two trials evaluated with the same seed are judged on the same latents.
     """
 
     name: ClassVar[str]
+    provides: ClassVar[tuple[str, ...]]
     headline: ClassVar[str | None] = None
     label: ClassVar[str] = ""  # short name for the progress line
 

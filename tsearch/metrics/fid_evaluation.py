@@ -19,6 +19,7 @@ from tsearch.metrics.evaluation import Evaluation, generate_for_eval
 
 class FIDEvaluation(Evaluation):
     name = "fid"
+    provides = (names.FID, names.EVAL_GENERATE_SECONDS, names.EVAL_SECONDS)
     headline = names.FID
     label = "FID"
 

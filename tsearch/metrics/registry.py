@@ -14,12 +14,17 @@ EVALUATIONS: dict[str, type[Evaluation]] = {
 }
 
 
-def check_evaluations(selected: Sequence[str]) -> None:
-    """Every name in ``eval.metrics`` is registered (a one-line config error otherwise)."""
+def check_evaluations(selected: Sequence[str], needed: str | None = None) -> None:
+    """Every name in ``eval.metrics`` is registered, and one of them provides ``needed`` (the
+    search metric), else a one-line config error."""
     for name in selected:
         if name not in EVALUATIONS:
             raise ConfigError(f"config error: eval.metrics: unknown evaluation {name!r}; "
                               f"choose among {', '.join(sorted(EVALUATIONS))}")
+    if needed is not None and not any(needed in EVALUATIONS[n].provides for n in selected):
+        makers = sorted(n for n, cls in EVALUATIONS.items() if needed in cls.provides)
+        raise ConfigError(f"config error: eval.metrics = {list(selected)}: none of them "
+                          f"computes the search metric {needed!r}; add {' or '.join(makers)}")
 
 
 def build_evaluations(eval_cfg: EvalConfig, data_cfg: DataConfig,

@@ -104,7 +104,7 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
     """
     s = cfg.search
     algorithm = get_algorithm(s.algorithm)
-    check_evaluations(cfg.eval.metrics)
+    check_evaluations(cfg.eval.metrics, needed=s.metric)
     space = SearchSpace.from_config(cfg)
     if not space.specs:
         raise ConfigError("config error: search.space is empty: list the parameters to search")
