@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tsearch import names  # noqa: E402
 from tsearch.config import load_config  # noqa: E402
 from tsearch.timesteps import SAMPLERS  # noqa: E402
 from tsearch.tracker import NullTracker  # noqa: E402
@@ -35,8 +36,8 @@ def images_per_s(cfg, steps: int) -> tuple[float, float]:
     """Mean images/s over the timed intervals (the first interval is warm-up)."""
     tracker = NullTracker()
     train(cfg, tracker=tracker, evaluate=False, max_steps=steps, log=lambda _: None)
-    rates = [v for _, v in tracker.history["perf/images_per_s"]][1:]
-    probe = tracker.history["compute/probe_forwards"][-1][1]
+    rates = [v for _, v in tracker.history[names.IMAGES_PER_S]][1:]
+    probe = tracker.history[names.PROBE_FORWARDS][-1][1]
     return statistics.fmean(rates), probe
 
 

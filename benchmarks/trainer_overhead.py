@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tsearch import names  # noqa: E402
 from tsearch.config import load_config  # noqa: E402
 from tsearch.data import InfiniteLoader, load_images  # noqa: E402
 from tsearch.diffusion.model import build_model  # noqa: E402
@@ -37,7 +38,7 @@ def ours(cfg, steps: int, warmup: int) -> float:
     """Images/s of tsearch's loop, from its own per-interval timing (setup excluded)."""
     tracker = NullTracker()
     train(cfg, tracker=tracker, evaluate=False, max_steps=steps + warmup, log=lambda _: None)
-    rates = [v for _, v in tracker.history["perf/images_per_s"]]
+    rates = [v for _, v in tracker.history[names.IMAGES_PER_S]]
     # The first log interval covers the warm-up steps (allocator, first-call overheads).
     return statistics.fmean(rates[1:]) if len(rates) > 1 else rates[0]
 

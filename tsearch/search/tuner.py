@@ -87,7 +87,7 @@ def base_config(cfg: Config, tracking_uri: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """A search checked before anything starts: its space, algorithm and trial base config."""
+    """A search checked before anything starts: its name, space, algorithm and trial count."""
 
     name: str
     space: SearchSpace
@@ -113,8 +113,8 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
                           f"{s.algorithm!r} does not support bundles; use choices instead")
     if s.points_to_evaluate and not algorithm.supports_points:
         raise ConfigError(f"config error: search.points_to_evaluate: search.algorithm "
-                          f"{s.algorithm!r} does not take points (a grid runs every cell "
-                          "already); remove the points or use algorithm tpe or random")
+                          f"{s.algorithm!r} does not take points (it runs fixed trials of "
+                          "its own); remove the points or use algorithm tpe or random")
     if s.asha.enabled and not algorithm.supports_asha:
         raise ConfigError(f"config error: search.asha.enabled: search.algorithm "
                           f"{s.algorithm!r} cannot be stopped early; set "

@@ -85,11 +85,9 @@ class ProbeRunner:
         """Measure after the update (and EMA) and package the result for the sampler."""
         extra = state["kind"].after(self, spec, state)
         forwards = state["forwards"] + extra.pop("forwards", 0)
-        cpu = {k: None if v is None else v.cpu() for k, v in extra.items()}
-        gsn = state.get("grad_sq_norm")
-        return ProbeResult(spec=spec, before=state["before"].cpu(),
-                           grad_sq_norm=None if gsn is None else gsn.cpu(), forwards=forwards,
-                           **cpu)
+        fields = {"before": state["before"], "grad_sq_norm": state.get("grad_sq_norm"), **extra}
+        return ProbeResult(spec=spec, forwards=forwards,
+                           **{k: None if v is None else v.cpu() for k, v in fields.items()})
 
 
 class ProbeKind:
