@@ -154,6 +154,21 @@ def test_resume_reproduces_next_losses_exactly(tmp_path):
     assert _losses(part.run_dir / "metrics.jsonl") == full_losses
 
 
+def test_checkpoint_of_the_fid_only_layout_still_resumes(tmp_path):
+    """Checkpoints written before evaluations were plug-ins keep (kimg, FID) pairs only."""
+    cfg = smoke(tmp_path, "train.total_kimg=0.128", "eval.every_kimg=0.064",
+                "eval.num_images=100")
+    part = train(cfg, max_steps=2)
+    ckpt = list_checkpoints(part.run_dir / "checkpoints")[-1]
+    state = torch.load(ckpt, weights_only=True)
+    evals = state.pop("evals")
+    state["fid_history"] = [[k, m["eval/fid"]] for k, m in evals]
+    torch.save(state, ckpt)
+    resumed = train(cfg, run_dir=part.run_dir, resume=True)
+    assert resumed.fid_history[0] == (evals[0][0], evals[0][1]["eval/fid"])
+    assert len(resumed.fid_history) == 2
+
+
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     cfg = smoke(tmp_path, "train.total_kimg=0.064", "eval.every_kimg=0.064")
     run = train(cfg, evaluate=False)

@@ -120,10 +120,6 @@ def _config_field(key: str) -> FieldInfo | None:
     return field
 
 
-def _config_field_exists(key: str) -> bool:
-    return _config_field(key) is not None
-
-
 def check_values(key: str, spec: ParamSpec, field: FieldInfo, owner: str = "") -> None:
     """Every value ``spec`` can propose must be one ``field`` accepts (type and bounds).
 
@@ -218,7 +214,7 @@ class SearchSpace:
         base = cfg.to_dict()
         for key, spec in self.specs.items():
             if spec.bundle is not None:
-                if _config_field_exists(key):
+                if _config_field(key) is not None:
                     raise ConfigError(f"config error: search.space.{key}: a bundle needs a label "
                                       "of its own (e.g. method), not a config field")
                 for name, values in spec.bundle.items():

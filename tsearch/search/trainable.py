@@ -25,6 +25,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     from tsearch.search.space import flat_config, resolve_trial_config
     from tsearch.tracking import build_tracker
     from tsearch.train import train
+    from tsearch.train.checkpoint import list_checkpoints
 
     # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -38,7 +39,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            saved = sorted(Path(d).glob("ckpt-*.pt"))
+            saved = list_checkpoints(d)
             if saved:
                 run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(saved[-1], run_dir.checkpoints / saved[-1].name)

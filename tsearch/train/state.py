@@ -54,8 +54,10 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], AbstractC
 
 @dataclass
 class TrainState:
-    """A run in progress. ``schedule``, ``weighting`` and ``probe`` are derived from the config
-    (not checkpointed); every other field is in :meth:`state_dict`."""
+    """A run in progress: :meth:`state_dict` holds the model, EMA, optimizer, sampler, loader,
+    generators, counters and histories; the rest (config, device, schedule, weighting, image
+    shape, autocast) is rebuilt from the config on resume. The p(t) history keeps the layout
+    of earlier checkpoints (``pt_kimg``/``pt_probs``), so they still resume."""
 
     cfg: Config
     device: torch.device
