@@ -124,7 +124,7 @@ def search(
                    "; space:")
         for line in checked.space.describe():
             typer.echo(f"#   {line}")
-        for i, cell in enumerate(checked.algorithm.cells(checked.space) or []):
+        for i, cell in enumerate(checked.cells or []):
             typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
         return
     from tsearch.search.tuner import run_search

@@ -93,6 +93,7 @@ class SearchPlan:
     space: SearchSpace
     algorithm: SearchAlgorithm
     num_trials: int
+    cells: list[dict[str, Any]] | None = None  # the fixed trials, if the algorithm has them
 
 
 def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
@@ -131,7 +132,7 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
         raise ConfigError(f"config error: search.asha.grace_kimg = {s.asha.grace_kimg} exceeds "
                           f"train.total_kimg = {cfg.train.total_kimg}")
     return SearchPlan(name=search_name(cfg, config_path), space=space, algorithm=algorithm,
-                      num_trials=len(cells) if cells is not None else s.num_samples)
+                      num_trials=len(cells) if cells is not None else s.num_samples, cells=cells)
 
 
 def run_search(
