@@ -122,3 +122,32 @@ SEARCH_SUMMARY_SUBDIR = "summary"  # trials.csv, plots and best_config.yaml of a
 def trial_run_dir(trial_dir: str | Path) -> RunDir:
     """The run directory a trial's trainer writes into."""
     return RunDir(Path(trial_dir) / TRIAL_RUN_SUBDIR)
+
+
+# --- User-given names and URIs ------------------------------------------------------------------
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a directory we create (search name, run name); None if it can.
+
+    Names become path components under a root we own, so separators, ``..`` and odd characters
+    would write elsewhere or break shells and MLflow queries.
+    """
+    if _SAFE_NAME.match(value) and ".." not in value:
+        return None
+    return (f"{value!r} is not a safe name: use 1-128 letters, digits, '.', '_', '+' or '-', "
+            "starting with a letter or digit, no '..' or path separators")
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@")
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for printing, logging and exporting."""
+    match = _USERINFO.match(uri)
+    if not match:
+        return uri
+    user, sep, _ = match.group(2).partition(":")
+    shown = f"{user}:***" if sep else "***"  # a lone user part may itself be a token
+    return f"{match.group(1)}{shown}@{uri[match.end():]}"
