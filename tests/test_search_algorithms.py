@@ -26,11 +26,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One Ray session, MLflow store and FID cache for the module's searches."""
-    from tsearch.search.ray_runtime import shutdown_ray
+    from tsearch.search.ray_runtime import end_session, init_ray, shutdown_ray
 
     path = tmp_path_factory.mktemp("algorithms")
+    session = init_ray(None)  # started here, so each search joins it instead of its own
     yield path
-    shutdown_ray()
+    end_session(session) if session is not None else shutdown_ray()
 
 
 def tiny(store: Path, name: str, algorithm: str, *extra: str) -> Config:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tsearch.config import load_config
-from tsearch.errors import CheckpointError, DivergenceError
+from tsearch.errors import CheckpointError, DivergenceError, TsearchError
 from tsearch.timesteps import Draw, ProbeSpec, StepContext, TimestepSampler
 from tsearch.tracker import NullTracker
 from tsearch.train import train
@@ -199,3 +199,92 @@ def test_divergence_fails_the_run_with_reason(tmp_path):
         train(cfg, tracker=tracker, sampler=Exploding(NoiseSchedule.create("linear")),
               evaluate=False)
     assert tracker.status == "FAILED" and "diverged" in tracker.reason
+
+
+def _records(path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [(r["images_seen"], tuple(sorted(k for k in r if k not in ("images_seen", "step"))))
+            for r in rows]
+
+
+def test_corrupt_newest_checkpoint_is_skipped_and_records_are_not_repeated(tmp_path):
+    """Resume from the previous checkpoint with one warning; replayed records are not rewritten."""
+    overrides = ("train.total_kimg=0.256", "eval.every_kimg=0.064", "train.log_every_kimg=0.032")
+    full = train(smoke(tmp_path / "a", *overrides), evaluate=False)
+    cfg = smoke(tmp_path / "b", *overrides)
+    part = train(cfg, evaluate=False, max_steps=5)  # checkpoints at 2 and 4 steps, records to 5
+    ckpts = list_checkpoints(part.run_dir / "checkpoints")
+    assert [p.name for p in ckpts] == ["ckpt-000000064.pt", "ckpt-000000128.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])
+    lines_before = (part.run_dir / "metrics.jsonl").read_text().splitlines()
+    said: list[str] = []
+    resumed = train(cfg, run_dir=part.run_dir, resume=True, evaluate=False, log=said.append)
+    assert resumed.steps == 8
+    warnings = [m for m in said if m.startswith("warning:")]
+    assert len(warnings) == 1 and "ckpt-000000128.pt" in warnings[0], said
+    assert (part.run_dir / "checkpoints" / "ckpt-000000128.pt.corrupt").is_file()
+    assert any("resumed from" in m and "ckpt-000000064.pt" in m for m in said), said
+    records = _records(part.run_dir / "metrics.jsonl")
+    assert len(records) == len(set(records))  # the replay from 64 to 160 images wrote nothing
+    assert (part.run_dir / "metrics.jsonl").read_text().splitlines()[:len(lines_before)] \
+        == lines_before  # never shrinks
+    assert _losses(part.run_dir / "metrics.jsonl") == _losses(full.run_dir / "metrics.jsonl")
+
+
+class _DyingTracker(NullTracker):
+    """Test-only: a store that goes away after ``alive`` metric batches."""
+
+    def __init__(self, alive: int):
+        super().__init__()
+        self.run_id = "dying"
+        self.alive = alive
+        self.calls = 0
+
+    def log_metrics(self, metrics, step):
+        self.calls += 1
+        if self.calls > self.alive:
+            raise OSError("sqlite3.OperationalError: no such table: runs")
+        super().log_metrics(metrics, step)
+
+    def finish(self, status="FINISHED", reason=None):
+        if self.calls > self.alive:
+            raise OSError("sqlite3.OperationalError: no such table: runs")
+        super().finish(status, reason)
+
+
+def test_tracker_failure_mid_run_degrades_to_the_run_directory(tmp_path):
+    cfg = smoke(tmp_path, "train.total_kimg=0.192", "eval.every_kimg=0.064",
+                "train.log_every_kimg=0.032")
+    tracker = _DyingTracker(alive=2)
+    said: list[str] = []
+    result = train(cfg, tracker=tracker, evaluate=False, log=said.append)
+    assert result.steps == 6
+    warnings = [m for m in said if "tracking" in m]
+    assert len(warnings) == 1 and "no such table" in warnings[0], said
+    assert tracker.calls == 3  # given up after the first failure
+    records = _records(result.run_dir / "metrics.jsonl")
+    assert len(records) == 6  # one per 32 images, none lost
+    assert said[-1].startswith("done:")
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "missing data root", "unwritable out_dir"])
+def test_failure_before_training_still_closes_the_run(tmp_path, case):
+    """Every way out of train() ends the tracker's run: none is left RUNNING."""
+    tracker = NullTracker()
+    cfg = smoke(tmp_path, "train.total_kimg=0.064")
+    kwargs = {}
+    if case == "no checkpoint":
+        kwargs = {"run_dir": tmp_path / "empty", "resume": True}
+        error = CheckpointError
+    elif case == "missing data root":
+        cfg = smoke(tmp_path, "data.name=mnist", f"data.root={tmp_path}/nowhere")
+        error = TsearchError
+    else:
+        (tmp_path / "file").write_text("x")
+        cfg = smoke(tmp_path, f"train.out_dir={tmp_path}/file/runs")
+        error = TsearchError
+    with pytest.raises(error) as info:
+        train(cfg, tracker=tracker, evaluate=False, **kwargs)
+    assert tracker.status == "FAILED"
+    assert tracker.reason and "\n" not in tracker.reason
+    assert "\n" not in str(info.value)

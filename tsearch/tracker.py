@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -206,3 +206,84 @@ class NullTracker:
             self.finish("FINISHED")
         else:
             self.finish(status_for_exception(exc_type), exception_reason(exc))
+
+
+class ResilientTracker:
+    """A tracker whose backend failing costs one warning line, not the run.
+
+    The run directory's metrics.jsonl keeps every record whatever the tracker does, so training
+    goes on when the store disappears, locks up or refuses a write. After the first failure the
+    backend is not called again: a dead store would fail (and may hang for seconds) on every
+    call. A :class:`~tsearch.errors.TsearchError` (e.g. resuming a run with a changed param) is a
+    user mistake, not a backend failure, and still ends the run.
+    """
+
+    def __init__(self, inner: Tracker, warn: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.warn = warn
+        self.failure: str | None = None  # why the backend was given up, if it was
+
+    @property
+    def run_id(self) -> str | None:
+        return self.inner.run_id
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        from tsearch.errors import TsearchError
+
+        if self.failure is not None:
+            return
+        try:
+            getattr(self.inner, method)(*args, **kwargs)
+        except TsearchError:
+            raise
+        except Exception as exc:
+            self.failure = exception_reason(exc)[:200]
+            run = f" run {self.inner.run_id}" if self.inner.run_id else ""
+            self.warn(f"warning: experiment tracking{run} failed ({self.failure}); training "
+                      "goes on, recording to its run directory (metrics.jsonl) only")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._call("log_params", params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._call("log_metrics", metrics, step)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self._call("log_dict", obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", text, artifact_file)
+
+    def log_array(self, array: np.ndarray, artifact_file: str) -> None:
+        self._call("log_array", array, artifact_file)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", local_path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._call("set_tags", tags)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        self._call("finish", status, reason)
+
+    def __enter__(self) -> ResilientTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or exc_type is None:
+            self.finish("FINISHED")
+        else:
+            self.finish(status_for_exception(exc_type), exception_reason(exc))
+
+
+def resilient(tracker: Tracker, warn: Callable[[str], None]) -> ResilientTracker:
+    """``tracker`` in a :class:`ResilientTracker`; an already wrapped one is returned as is."""
+    return tracker if isinstance(tracker, ResilientTracker) else ResilientTracker(tracker, warn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tsearch.errors import TsearchError
@@ -30,11 +31,13 @@ def check_ray_address(address: str | None) -> None:
             "check --address / RAY_ADDRESS (HOST:PORT of the head's GCS, default port 6379)")
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None) -> Path | None:
     """Local Ray on loopback (no address) or an existing cluster (``--address`` / RAY_ADDRESS).
 
     A local single-node Ray binds 127.0.0.1 only: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes
     Ray use the loopback address for its node, and it must be set before ray is imported.
+    Returns the session directory of a local Ray this call started (its owner should
+    :func:`end_session` it), None when Ray was running already or is a cluster.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
@@ -50,7 +53,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     check_ray_address(address)
     if address is not None:
         prepare_token_auth()
@@ -76,6 +79,37 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                 "it") from None
         raise TsearchError(f"could not connect to Ray at {address or 'local'}: {first[:200]}; "
                            "check --address and the cluster token (RAY_AUTH_TOKEN)") from None
+    if address is not None:
+        return None
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path())
+    except AttributeError:  # a Ray without this private API: nothing to clean up
+        return None
+
+
+def end_session(session_dir: Path, keep_logs: bool = False,
+                say: Callable[[str], None] | None = None) -> None:
+    """Stop the local Ray this process started and delete its session directory.
+
+    A session directory holds Ray's logs, sockets and spilled objects (hundreds of MB after a
+    search); nothing of a search's results lives there. After a failure it is kept for its
+    logs and its path is printed.
+    """
+    import shutil
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if keep_logs:
+        if say is not None:
+            say(f"Ray's logs of this search: {session_dir / 'logs'} (delete {session_dir} when "
+                "done)")
+        return
+    latest = session_dir.parent / "session_latest"
+    if latest.is_symlink() and latest.resolve() == session_dir.resolve():
+        latest.unlink(missing_ok=True)
+    shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def prepare_token_auth() -> None:

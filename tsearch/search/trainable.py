@@ -1,14 +1,28 @@
 """The Ray Tune function trainable: one trial = one ``tsearch.train.train`` run.
 
 The only module that calls ``tune.report``. Each evaluation reports its metrics with the trainer's
-checkpoint, so ASHA-paused, failed or moved trials resume from it (``tune.get_checkpoint``).
-The trial logs into its own MLflow child run, re-opened on resume.
+checkpoint, so ASHA-paused, failed or moved trials resume from it. The trial logs into its own
+MLflow child run, re-opened on resume.
+
+Where a trial writes, so that a search's disk stays bounded and nothing is lost:
+
+- model checkpoints exist only as Tune checkpoints in the search's storage (Tune keeps
+  ``search.num_to_keep``); the trainer writes each into a scratch directory that is emptied as
+  soon as Tune has its copy;
+- the run directory (metrics.jsonl, timesteps.npz, plots) is written straight into the trial's
+  directory in the storage when that is a local (or mounted) filesystem, never into Ray's
+  session directory, which the driver would copy into the storage without ever deleting;
+- the last report of a trial that trained to the end says so in its checkpoint, which reaches
+  the storage before ``tune.report`` returns. A resumed search may restore such a trial from an
+  older checkpoint (its driver died before recording the newer one): the trial then reports its
+  final result again instead of training a second time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -17,56 +31,138 @@ from typing import Any
 
 from tsearch import names
 
+DISK_METRIC = "disk/trial_mb"  # what this trial holds in the search's storage
+
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]) -> None:
     """Train with the trial's flat dotted ``config`` merged over ``base``; report to Tune."""
     from ray import tune
 
     from tsearch.search.space import flat_config, resolve_trial_config
+    from tsearch.tracker import resilient
     from tsearch.tracking import build_tracker
     from tsearch.train import train
-    from tsearch.train.checkpoint import list_checkpoints
 
     # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = flat_config(config)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = resolve_trial_config(base, config, meta.get("labels", ()))
-    run_dir = names.trial_run_dir(ctx.get_trial_dir())
-    run_id = None
-    resume = False
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            saved = list_checkpoints(d)
-            if saved:
-                run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(saved[-1], run_dir.checkpoints / saved[-1].name)
-                resume = True
-            info = Path(d) / names.TRIAL_INFO
-            if info.is_file():
-                run_id = json.loads(info.read_text()).get(names.REPORT_RUN_ID)
-    tracker = build_tracker(
-        cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
-        run_id=run_id,
-        tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
-              names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip()},
-    )
-    if not resume:
-        tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())}})
 
-    def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy2(ckpt_path, Path(d) / ckpt_path.name)
-            (Path(d) / names.TRIAL_INFO).write_text(
-                json.dumps({names.REPORT_RUN_ID: tracker.run_id}))
+    def say(msg: str) -> None:
+        print(f"[{trial_name}] {msg}", file=sys.stderr, flush=True)
+
+    cfg = resolve_trial_config(base, config, meta.get("labels", ()))
+    trial_path = _storage_trial_dir(ctx)
+    run_dir = names.trial_run_dir(trial_path or ctx.get_trial_dir())
+    scratch = Path(tempfile.mkdtemp(prefix=f"tsearch-ckpt-{trial_id}-"))
+    try:
+        info = _restore(ctx, tune.get_checkpoint(), scratch)
+        if info.get(_FINISHED):
+            say(f"already trained to the end ({info[_FINISHED].get(names.TIME_ATTR)} kimg); "
+                "reporting its final result again")
+            tune.report(info[_FINISHED])
+            return
+        resume = any(scratch.iterdir())
+        tracker = resilient(build_tracker(
+            cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
+            run_id=info.get(names.REPORT_RUN_ID),
+            tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
+                  names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip()},
+        ), say)
+        if not resume:
+            tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())}})
+        total_images = int(round(cfg.train.total_kimg * 1000))
+
+        def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
             result = {**metrics, names.REPORT_RUN_ID: tracker.run_id,
                       names.REPORT_NODE_IP: _node_ip()}
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            finished = int(round(metrics[names.TIME_ATTR] * 1000)) >= total_images
+            with tempfile.TemporaryDirectory(prefix="tsearch-report-") as d:
+                shutil.move(ckpt_path, Path(d) / ckpt_path.name)
+                trial_info = {names.REPORT_RUN_ID: tracker.run_id,
+                              _FINISHED: result if finished else None}
+                (Path(d) / names.TRIAL_INFO).write_text(json.dumps(trial_info))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            if trial_path is not None:  # what the trial holds now (Tune prunes old ones soon)
+                tracker.log_metrics({DISK_METRIC: _bytes_under(trial_path) / 2**20},
+                                    step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
-    train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
-          log=lambda msg: print(f"[{trial_name}] {msg}", file=sys.stderr, flush=True))
+        train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
+              log=say, checkpoint_dir=scratch, keep_checkpoints=2)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+_FINISHED = "finished"  # in TRIAL_INFO: the final report of a trial that trained to the end
+
+
+def _storage_trial_dir(ctx: Any) -> Path | None:
+    """The trial's directory in the search's storage, if this node can write it as a path."""
+    import pyarrow.fs
+
+    try:
+        storage = ctx.get_storage()
+        if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            path = Path(storage.trial_fs_path)
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+    except (AttributeError, RuntimeError, OSError):
+        pass
+    return None
+
+
+def _restore(ctx: Any, checkpoint: Any, scratch: Path) -> dict[str, Any]:
+    """Copy the trial's saved model checkpoints into ``scratch``; return its newest trial info.
+
+    Tune hands back the checkpoint its experiment state recorded, which lags behind the storage
+    when the driver died between a report and its next state snapshot; the storage's newest
+    checkpoints are used then. Every kept checkpoint is copied, so a corrupt newest file falls
+    back to the previous one.
+    """
+    found = _stored_checkpoints(ctx)
+    if not found and checkpoint is not None:
+        found = [checkpoint]
+    info: dict[str, Any] = {}
+    for ckpt in found:  # oldest first: the newest readable info wins
+        try:
+            with ckpt.as_directory() as d:
+                for pt in Path(d).glob("ckpt-*.pt"):
+                    shutil.copy2(pt, scratch / pt.name)
+                info_file = Path(d) / names.TRIAL_INFO
+                if info_file.is_file():
+                    info = json.loads(info_file.read_text())
+        except (OSError, ValueError):  # a half-written checkpoint: use the others
+            continue
+    return info
+
+
+def _stored_checkpoints(ctx: Any) -> list[Any]:
+    """The trial's Tune checkpoints in the storage, oldest first."""
+    from ray import tune
+
+    try:
+        storage = ctx.get_storage()
+        fs, trial = storage.storage_filesystem, storage.trial_fs_path
+        import pyarrow.fs
+
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(trial, allow_not_found=True))
+    except (AttributeError, RuntimeError, OSError):
+        return []
+    dirs = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and os.path.basename(i.path).startswith("checkpoint_"))
+    return [tune.Checkpoint(path=p, filesystem=fs) for p in dirs]
+
+
+def _bytes_under(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
 
 
 def _node_ip() -> str:

@@ -22,7 +22,7 @@ from tsearch.diffusion.loss import per_sample_mse
 from tsearch.diffusion.model import count_parameters
 from tsearch.metrics import EvalSetting, Evaluations, build_evaluations
 from tsearch.timesteps import StepContext, TimestepSampler
-from tsearch.tracker import NullTracker, Tracker
+from tsearch.tracker import NullTracker, Tracker, exception_reason, resilient
 from tsearch.train.optim import OptimState, apply_schedule, schedule_at
 from tsearch.train.points import Every
 from tsearch.train.progress import Progress
@@ -44,52 +44,60 @@ def train(
     evaluate: bool = True,
     max_steps: int | None = None,
     log: Callable[[str], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    keep_checkpoints: int = 2,
 ) -> TrainResult:
     """Train one diffusion model with the configured timestep sampler and weighting.
 
     Args:
         cfg: the resolved config.
         tracker: where params, metrics and artifacts go (a NullTracker if None). ``train``
-            finishes it: FINISHED, or FAILED with the reason.
+            finishes it on every way out, including a failure before the first step: FINISHED,
+            or FAILED with the reason. A tracker that fails mid-run is given up with one warning
+            line (the run directory keeps every record) and training goes on.
         run_dir: directory for config.json, checkpoints and local metrics (created if None).
-        resume: continue from the newest checkpoint in ``run_dir`` (exact: same next losses).
+        resume: continue from the newest readable checkpoint (exact: same next losses).
         sampler: an already-built sampler (tests); by default built from ``cfg``.
         on_report: called after each evaluation with its metrics and the checkpoint path.
         evaluate: run ``eval.metrics`` at evaluation points (checkpoints are written either way).
         max_steps: stop after this many optimizer steps (benchmarks, tests).
         log: where one-line messages go (stderr by default).
+        checkpoint_dir: where checkpoints go (default: ``run_dir/checkpoints``); a Ray trial
+            passes a scratch directory, as Tune keeps the reported copies.
+        keep_checkpoints: how many of the newest checkpoints ``checkpoint_dir`` keeps.
     """
-    tracker = tracker or NullTracker()
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    tracker = resilient(tracker or NullTracker(), say)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-
-    # Create the run directory; build data, model, EMA, optimizer, sampler and evaluations.
-    recorder = RunRecorder(tracker, Path(run_dir) if run_dir is not None else new_run_dir(cfg),
-                           cfg)
-    st = build_state(cfg, sampler)
-    evaluations = None
-    if evaluate:
-        setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
-                              autocast_dtype(st.device, tc.precision))
-        evaluations = build_evaluations(cfg.eval, cfg.data, setting)
-
-    # Resume from the newest checkpoint.
-    if resume:
-        path = st.resume(recorder.dir.checkpoints)
-        say(f"resumed from {path} at {st.kimg:.2f} kimg (step {st.step})")
-    total_images = int(round(tc.total_kimg * 1000))
-    eval_points = Every(cfg.eval.every_kimg, st.images_seen)
-    log_points = Every(tc.log_every_kimg, st.images_seen)
-    n_params = count_parameters(st.model)
-    recorder.start(n_params, st.device.type, resumed=resume)
-
     status, reason = "FINISHED", None
+    st = recorder = bar = None
     start = time.perf_counter()
-    stats = LossStats(st.schedule.num_timesteps, st.device)
-    bar = Progress(total_kimg=tc.total_kimg, enabled=tc.progress, start_kimg=st.kimg)
     try:
+        # Create the run directory; build data, model, EMA, optimizer, sampler and evaluations.
+        recorder = RunRecorder(tracker, Path(run_dir) if run_dir is not None
+                               else new_run_dir(cfg), cfg, resumed=resume)
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else recorder.dir.checkpoints
+        st = build_state(cfg, sampler)
+        evaluations = None
+        if evaluate:
+            setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
+                                  autocast_dtype(st.device, tc.precision))
+            evaluations = build_evaluations(cfg.eval, cfg.data, setting)
+
+        # Resume from the newest readable checkpoint.
+        if resume:
+            path = st.resume(ckpt_dir, warn=say)
+            say(f"resumed from {path} at {st.kimg:.2f} kimg (step {st.step})")
+        total_images = int(round(tc.total_kimg * 1000))
+        eval_points = Every(cfg.eval.every_kimg, st.images_seen)
+        log_points = Every(tc.log_every_kimg, st.images_seen)
+        n_params = count_parameters(st.model)
+        recorder.start(n_params, st.device.type, resumed=resume)
+        stats = LossStats(st.schedule.num_timesteps, st.device)
+        bar = Progress(total_kimg=tc.total_kimg, enabled=tc.progress, start_kimg=st.kimg)
+
         # Prepare evaluations (reference statistics) before training; optionally evaluate kimg 0.
         if evaluations is not None:
             tracker.set_tags(evaluations.prepare())
@@ -117,7 +125,7 @@ def train(
                 bar.update(st.kimg, metric=evaluations.headline(report))
             recorder.snapshot_pt(st)
             tracker.flush()
-            path = st.save(recorder.dir.checkpoints)
+            path = st.save(ckpt_dir, keep=keep_checkpoints)
             eval_points.advance(st.images_seen)
             if on_report is not None:
                 report.update({k: v for k, v in last.items() if k.startswith(names.TRAIN_PREFIX)})
@@ -126,14 +134,15 @@ def train(
         status, reason = "KILLED", "interrupted by the user"
         raise
     except Exception as exc:
-        status = "FAILED"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        status, reason = "FAILED", exception_reason(exc)
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         seconds = time.perf_counter() - start
         try:
-            recorder.write_plots(st)
+            if recorder is not None and st is not None:
+                recorder.write_plots(st)
         finally:
             tracker.finish(status, reason)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from tsearch import names
 from tsearch.config import Config, save_resolved
-from tsearch.errors import CheckpointError
+from tsearch.errors import CheckpointError, ConfigError, TsearchError
 from tsearch.tracker import Tracker
 from tsearch.train.state import TrainState
 
@@ -59,10 +59,22 @@ class TrainResult:
 
 
 def new_run_dir(cfg: Config) -> Path:
+    """A fresh directory under ``train.out_dir``, named after the run (never outside it)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.tracking.run_name or f"{cfg.timesteps.sampler.name}"
-    path = Path(cfg.train.out_dir) / f"{name}-{stamp}-{secrets.token_hex(2)}"
-    path.mkdir(parents=True, exist_ok=False)
+    problem = names.name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"config error: tracking.run_name: {problem}")
+    root = Path(cfg.train.out_dir).resolve()
+    path = (root / f"{name}-{stamp}-{secrets.token_hex(2)}").resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"config error: run directory {path} would lie outside train.out_dir "
+                          f"{root}; use a plain tracking.run_name")
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise TsearchError(f"cannot create the run directory {path} ({exc.strerror}); set "
+                           "train.out_dir to a writable directory") from None
     return path
 
 
@@ -84,19 +96,30 @@ def previous_run_id(run_dir: str | Path) -> str | None:
 class RunRecorder:
     """Writes one run's params, metrics, p(t) snapshots and plots to its tracker and directory."""
 
-    def __init__(self, tracker: Tracker, run_dir: Path, cfg: Config):
+    def __init__(self, tracker: Tracker, run_dir: Path, cfg: Config, resumed: bool = False):
         self.tracker = tracker
         self.dir = names.RunDir(run_dir)
         self.cfg = cfg
-        self.dir.path.mkdir(parents=True, exist_ok=True)
-        save_resolved(cfg, self.dir.config)
+        try:
+            self.dir.path.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, self.dir.config)
+        except OSError as exc:
+            raise TsearchError(f"cannot write the run directory {self.dir.path} "
+                               f"({exc.strerror}); set train.out_dir to a writable "
+                               "directory") from None
+        # A resume replays from its checkpoint up to where the crash happened: records already
+        # in metrics.jsonl (and in the tracker) are not written twice.
+        self._recorded = _recorded_keys(self.dir.metrics) if resumed else set()
+        if resumed:
+            _drop_partial_line(self.dir.metrics)
 
     def start(self, n_params: int, device: str, resumed: bool) -> None:
         if not resumed:
-            self.tracker.log_params({names.PARAM_CONFIG: self.cfg.to_dict(),
-                                     names.PARAM_MODEL_SIZE: n_params,
+            shown = self.cfg.to_dict()  # what the tracker shows: no credentials
+            shown["tracking"]["uri"] = names.mask_uri(shown["tracking"]["uri"])
+            self.tracker.log_params({names.PARAM_CONFIG: shown, names.PARAM_MODEL_SIZE: n_params,
                                      names.PARAM_DEVICE: device})
-            self.tracker.log_dict(self.cfg.to_dict(), names.ARTIFACT_CONFIG)
+            self.tracker.log_dict(shown, names.ARTIFACT_CONFIG)
         self.tracker.set_tags({names.TAG_RUN_DIR: str(self.dir.path.resolve()),
                                names.TAG_SAMPLER: self.cfg.timesteps.sampler.name,
                                names.TAG_WEIGHTING: self.cfg.timesteps.weighting.name})
@@ -104,6 +127,9 @@ class RunRecorder:
 
     def record(self, metrics: dict[str, float], images_seen: int, **fields: Any) -> None:
         """Log ``metrics`` at ``images_seen`` to the tracker and append them to metrics.jsonl."""
+        key = (images_seen, tuple(sorted(metrics)))
+        if key in self._recorded:
+            return
         self.tracker.log_metrics(metrics, step=images_seen)
         with self.dir.metrics.open("a") as f:
             f.write(json.dumps({"images_seen": images_seen, **fields, **metrics}) + "\n")
@@ -132,3 +158,30 @@ class RunRecorder:
             curve = plots.plot_fid_curve({name: (kimgs, values)}, self.dir.fid_curve,
                                          title="FID vs kimg")
             self.tracker.log_artifact(curve, names.ARTIFACT_PLOTS)
+
+
+def _recorded_keys(path: Path) -> set[tuple[int, tuple[str, ...]]]:
+    """(images_seen, metric names) of each complete record in a metrics.jsonl."""
+    keys: set[tuple[int, tuple[str, ...]]] = set()
+    if not path.is_file():
+        return keys
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        seen = record.pop("images_seen", None)
+        record.pop("step", None)
+        if isinstance(seen, int):
+            keys.add((seen, tuple(sorted(record))))
+    return keys
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that a crash left without its newline (the next append would join it)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)

@@ -25,7 +25,7 @@ from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import CheckpointError, ConfigError
 from tsearch.seeding import derive_seed
 from tsearch.timesteps import LossWeighting, TimestepSampler, build_sampler, build_weighting
-from tsearch.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tsearch.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tsearch.train.history import TimestepHistory
 from tsearch.train.optim import build_optimizer
 from tsearch.train.probe import ProbeRunner
@@ -117,17 +117,34 @@ class TrainState:
         for kimg, p in zip(state["pt_kimg"], state["pt_probs"], strict=True):
             self.pt_history.append(kimg, np.asarray(p))
 
-    def save(self, ckpt_dir: Path) -> Path:
-        return save_checkpoint(self.state_dict(), ckpt_dir, self.images_seen)
+    def save(self, ckpt_dir: Path, keep: int = 2) -> Path:
+        return save_checkpoint(self.state_dict(), ckpt_dir, self.images_seen, keep=keep)
 
-    def resume(self, ckpt_dir: Path) -> Path:
-        """Load the newest checkpoint in ``ckpt_dir``."""
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
+    def resume(self, ckpt_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
+        """Load the newest readable checkpoint in ``ckpt_dir``.
+
+        A corrupt newest file (a crash mid-write on a filesystem without atomic rename, a full
+        disk) is renamed ``*.corrupt`` with a warning and the previous one is used: it would
+        otherwise count as the newest when old checkpoints are pruned.
+        """
+        found = list_checkpoints(ckpt_dir)
+        if not found:
             raise CheckpointError(f"no checkpoint in {str(ckpt_dir)!r} to resume from")
-        self.load_state_dict(load_checkpoint(path), source=f"checkpoint {str(path)!r}")
-        return path
-
+        for i, path in enumerate(reversed(found)):
+            try:
+                state = load_checkpoint(path)
+            except CheckpointError as exc:
+                if i == len(found) - 1:
+                    raise
+                aside = path.with_name(path.name + ".corrupt")
+                path.replace(aside)
+                if warn is not None:
+                    warn(f"warning: skipping {exc} (kept as {aside.name})".replace(
+                        "; delete it to resume from the previous one", ""))
+                continue
+            self.load_state_dict(state, source=f"checkpoint {str(path)!r}")
+            return path
+        raise AssertionError("unreachable")
 
 def build_state(cfg: Config, sampler: TimestepSampler | None = None) -> TrainState:
     """Data, schedule, model, EMA, optimizer, sampler, weighting and generators of a new run.
