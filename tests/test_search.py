@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -171,46 +169,6 @@ def test_search_where_no_trial_evaluates_exits_non_zero(tmp_path):
     assert "no trial of search 'smoke' reached an evaluation" in last and "diverged" in last
     # The failed trial is still on record, with its summary.
     assert (tmp_path / "ray" / "smoke" / "summary" / "trials.csv").is_file()
-
-
-@pytest.mark.slow
-def test_kill_and_resume_does_not_rerun_finished_trials(tmp_path):
-    args = [sys.executable, "-m", "tsearch.cli.main", "search", str(SMOKE), *common(tmp_path),
-            "--set", "search.num_samples=3", "--set", "search.max_concurrent=1",
-            "--set", "search.asha.enabled=false", "--set", "search.name=resumable"]
-    driver = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    deadline = time.monotonic() + 300
-    finished = []
-    while time.monotonic() < deadline and not finished:
-        time.sleep(2)
-        if (tmp_path / "mlflow.db").exists():
-            try:
-                exps = [e.experiment_id for e in client.search_experiments()]
-                finished = client.search_runs(
-                    exps, "tags.`tsearch.kind` = 'trial' and attributes.status = 'FINISHED'")
-            except Exception:
-                finished = []
-        assert driver.poll() is None, driver.stdout.read()
-    assert finished, "no trial finished in time"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait(timeout=30)
-    time.sleep(2)
-
-    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=3",
-                   "--set", "search.max_concurrent=1", "--set", "search.asha.enabled=false",
-                   "--set", "search.name=resumable", "--resume", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    parent = parent_of(client, "resumable")
-    kids = children(client, parent.info.run_id)
-    trial_ids = [k.data.tags["tsearch.trial_id"] for k in kids]
-    assert len(set(trial_ids)) == 3
-    for run in finished:  # a finished trial was not run again: still one run per trial id
-        assert trial_ids.count(run.data.tags["tsearch.trial_id"]) == 1
-    rows = list(csv.DictReader(
-        (tmp_path / "ray" / "resumable" / "summary" / "trials.csv").open()))
-    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows)
 
 
 @pytest.mark.slow

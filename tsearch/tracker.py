@@ -237,7 +237,7 @@ class ResilientTracker:
         except TsearchError:
             raise
         except Exception as exc:
-            self.failure = exception_reason(exc)[:200]
+            self.failure = _telling_line(exc)[:200]
             run = f" run {self.inner.run_id}" if self.inner.run_id else ""
             self.warn(f"warning: experiment tracking{run} failed ({self.failure}); training "
                       "goes on, recording to its run directory (metrics.jsonl) only")
@@ -282,6 +282,13 @@ class ResilientTracker:
             self.finish("FINISHED")
         else:
             self.finish(status_for_exception(exc_type), exception_reason(exc))
+
+
+def _telling_line(exc: BaseException) -> str:
+    """The line of a (SQLAlchemy-wrapped) store error that says what happened."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    telling = [x for x in lines if not x.startswith("(raised as a result")]
+    return f"{type(exc).__name__}: {telling[0]}" if telling else exception_reason(exc)
 
 
 def resilient(tracker: Tracker, warn: Callable[[str], None]) -> ResilientTracker:

@@ -42,6 +42,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     from tsearch.tracker import resilient
     from tsearch.tracking import build_tracker
     from tsearch.train import train
+    from tsearch.train.rundir import previous_run_id
 
     # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -66,7 +67,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
         resume = any(scratch.iterdir())
         tracker = resilient(build_tracker(
             cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
-            run_id=info.get(names.REPORT_RUN_ID),
+            run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
                   names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip()},
         ), say)

@@ -213,9 +213,11 @@ def _import_mlflow() -> Any:
             f"MLflow is not importable ({err}); pip install mlflow, or pass "
             "--set tracking.backend=none"
         ) from None
-    # Schema-creation chatter ("Creating initial MLflow database tables...") is not news.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Schema-creation chatter ("Creating initial MLflow database tables...") is not news, and
+    # a failing store logs each error with its traceback before raising it: the exception
+    # reaches the caller anyway (a run then warns once in one line and goes on).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return mlflow
 
 

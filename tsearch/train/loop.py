@@ -77,7 +77,7 @@ def train(
     try:
         # Create the run directory; build data, model, EMA, optimizer, sampler and evaluations.
         recorder = RunRecorder(tracker, Path(run_dir) if run_dir is not None
-                               else new_run_dir(cfg), cfg, resumed=resume)
+                               else new_run_dir(cfg), cfg)
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else recorder.dir.checkpoints
         st = build_state(cfg, sampler)
         evaluations = None

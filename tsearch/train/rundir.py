@@ -96,7 +96,7 @@ def previous_run_id(run_dir: str | Path) -> str | None:
 class RunRecorder:
     """Writes one run's params, metrics, p(t) snapshots and plots to its tracker and directory."""
 
-    def __init__(self, tracker: Tracker, run_dir: Path, cfg: Config, resumed: bool = False):
+    def __init__(self, tracker: Tracker, run_dir: Path, cfg: Config):
         self.tracker = tracker
         self.dir = names.RunDir(run_dir)
         self.cfg = cfg
@@ -107,11 +107,11 @@ class RunRecorder:
             raise TsearchError(f"cannot write the run directory {self.dir.path} "
                                f"({exc.strerror}); set train.out_dir to a writable "
                                "directory") from None
-        # A resume replays from its checkpoint up to where the crash happened: records already
-        # in metrics.jsonl (and in the tracker) are not written twice.
-        self._recorded = _recorded_keys(self.dir.metrics) if resumed else set()
-        if resumed:
-            _drop_partial_line(self.dir.metrics)
+        # A resume replays from its checkpoint up to where the crash happened (a trial restarted
+        # without one, from the start): records already in metrics.jsonl (and in the tracker)
+        # are not written twice.
+        _drop_partial_line(self.dir.metrics)
+        self._recorded = _recorded_keys(self.dir.metrics)
 
     def start(self, n_params: int, device: str, resumed: bool) -> None:
         if not resumed:
