@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tsearch.config import (
     Config,
@@ -161,3 +164,56 @@ def test_cli_dry_run_prints_resolved_config(tmp_path):
     assert printed["train"]["total_kimg"] == 7.0
     assert "M parameters" in proc.stdout
     assert not (tmp_path / "tsearch-runs").exists()  # a dry run writes nothing
+
+
+def _numeric_fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted path, int or float) of every plain numeric field, sections recursed into."""
+    for name, field in model.model_fields.items():
+        args = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            yield from _numeric_fields(args[0], f"{prefix}{name}.")
+        elif args in ([int], [float]):
+            yield f"{prefix}{name}", args[0]
+
+
+def _nested(path: str, value) -> dict:
+    raw: dict = {}
+    node = raw
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return raw
+
+
+CONFIG_NUMBERS = list(_numeric_fields(Config))
+
+
+@pytest.mark.parametrize("path,kind", CONFIG_NUMBERS, ids=[p for p, _ in CONFIG_NUMBERS])
+def test_every_numeric_field_is_finite_and_bounded(path, kind):
+    """inf never passes (it crashes later); an int has an upper bound (10^30 runs forever)."""
+    value = math.inf if kind is float else 10**30
+    with pytest.raises(ConfigError, match=re.escape(f"{path} = ")):
+        validate_config(_nested(path, value))
+
+
+def _plugin_numbers():
+    from tsearch.timesteps import SAMPLERS, WEIGHTINGS
+
+    for kind, registry in (("sampler", SAMPLERS), ("weighting", WEIGHTINGS)):
+        for name, cls in sorted(registry.items()):
+            for field, typ in _numeric_fields(cls.Params):
+                yield kind, name, field, typ
+
+
+PLUGIN_NUMBERS = list(_plugin_numbers())
+
+
+@pytest.mark.parametrize("kind,name,field,typ", PLUGIN_NUMBERS,
+                         ids=[f"{k}-{n}-{f}" for k, n, f, _ in PLUGIN_NUMBERS])
+def test_every_plugin_number_is_finite_and_bounded(kind, name, field, typ):
+    value = math.inf if typ is float else 10**30
+    raw = {"timesteps": {kind: {"name": name, "params": {field: value}}}}
+    with pytest.raises(ConfigError, match=re.escape(f"timesteps.{kind}.params.{field} = ")):
+        validate_config(raw)

@@ -120,3 +120,29 @@ def test_capabilities_are_enforced_before_anything_starts(store, monkeypatch):
     with pytest.raises(ConfigError, match="unknown algorithm; choose one of .*tpe"):
         plan(tiny(store, "x", "annealing"), None)
     assert not (store / "ray" / "x").exists()
+
+
+def test_a_search_that_fails_at_start_up_leaves_its_name_free(store, monkeypatch):
+    """Tune's state of a search in which no trial started would block the name and --resume."""
+    from ray import tune
+
+    from tsearch.errors import TsearchError
+    from tsearch.search.callbacks import ProgressCallback
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("callback set-up failed")
+
+    monkeypatch.setattr(ProgressCallback, "setup", broken, raising=False)
+    cfg = tiny(store, "stillborn", "tpe")
+    with pytest.raises(Exception, match="callback set-up failed"):
+        run_search(cfg)
+    exp = store / "ray" / "stillborn"
+    assert not tune.Tuner.can_restore(str(exp))
+    assert not (exp / names.SEARCH_STATE).exists()
+    with pytest.raises(TsearchError, match="nothing to resume"):
+        run_search(cfg, resume=True)
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    parents = client.search_runs(
+        [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        f"tags.`{names.TAG_SEARCH}` = 'stillborn'")
+    assert [p.info.status for p in parents] == ["FAILED"]

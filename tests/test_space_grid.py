@@ -100,3 +100,35 @@ def test_random_algorithm_is_reproducible_and_inside_the_space():
     for p in a:
         assert 1e-4 <= p["optim.lr"] <= 1e-2
         assert ("timesteps.sampler.params.k" in p) == (p["timesteps.sampler.name"] == "speed")
+
+
+def test_check_combinations_resolves_each_reachable_cell_once():
+    from tsearch.search.space import check_combinations
+
+    space = dict(SPACE)
+    space.pop("timesteps.sampler.params.k")
+    cfg = cfg_with({**space, "optim.lr": {"float": [1e-4, 1e-2], "log": True}})
+    sp = SearchSpace.from_config(cfg)
+    # (u: 2 schedules + p2: 1 + sp: 2 schedules) x 2 seeds x 2 ends of the lr range.
+    assert check_combinations(sp, cfg.to_dict()) == (2 + 1 + 2) * 2 * 2
+
+
+def test_check_combinations_past_the_cap_reaches_conditional_values():
+    """Past the cap each value is tried once, with the `when` it needs made true."""
+    from tsearch.search.space import check_combinations
+
+    def space(last_t: int) -> dict:
+        return {"train.seed": {"choice": list(range(10))},
+                "timesteps.sampler.name": {"choice": ["uniform", "speed"]},
+                "timesteps.sampler.params.tau": {"choice": [0.5, 0.7, 900],
+                                                 "when": {"timesteps.sampler.name": "speed"}},
+                "diffusion.num_timesteps": {"choice": [1000, last_t]}}
+
+    cfg = cfg_with(space(950))
+    sp = SearchSpace.from_config(cfg)
+    assert check_combinations(sp, cfg.to_dict()) == 10 * (1 + 3) * 2
+    assert check_combinations(sp, cfg.to_dict(), limit=5) < 10 * (1 + 3) * 2  # a sample
+    cfg = cfg_with(space(800))
+    with pytest.raises(ConfigError, match="tau = 900: timestep index 900 must be < "
+                                          "diffusion.num_timesteps = 800"):
+        check_combinations(SearchSpace.from_config(cfg), cfg.to_dict(), limit=5)

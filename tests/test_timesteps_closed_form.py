@@ -184,7 +184,10 @@ def test_speed_tau_must_be_below_T():
         SpeedSampler(LINEAR, SpeedSampler.Params(tau=1000))
     small = NoiseSchedule.create("linear", num_timesteps=100)
     with pytest.raises(ValueError, match="tau"):
-        SpeedSampler(small)  # default tau = 700
+        SpeedSampler(small, SpeedSampler.Params(tau=700))  # an index past T
+    assert SpeedSampler(small).tau == 70  # the default is a fraction of T (0.7)
+    with pytest.raises(ValueError, match="tau = 1.0 must be < the number of timesteps"):
+        SpeedSampler(small, SpeedSampler.Params(tau=1))  # 1 is the fraction 1, i.e. T
     # Degenerate pivots (threshold never reached, or m = T) still reflect into [0, T).
     for name, T in (("cosine", 50), ("quad", 50)):
         s = SpeedSampler(NoiseSchedule.create(name, num_timesteps=T),

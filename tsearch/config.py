@@ -14,24 +14,55 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
 from tsearch import names
 from tsearch.errors import ConfigError
 
+# Bounds that keep a typo from crashing later or running forever. Every float field is finite
+# (``allow_inf_nan=False`` on every section); these cap the rest.
+MAX_KIMG = 1e6  # 10^9 training images: far beyond any run, yet 1e300 would train forever
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+MAX_OPTUNA_SEED = 2**32 - 1  # Optuna's samplers seed numpy's RandomState (32-bit)
+MAX_IMAGES = 10_000_000  # images generated or read per evaluation (FID uses 10k-50k)
+MAX_COUNT = 1_000_000  # trials, retries, kept checkpoints and similar counts
+MAX_WORKERS = 4096  # CPUs or GPUs per trial, threads, concurrent trials
+
+
+def _kimg_bound(value: float) -> float:
+    if value > MAX_KIMG:
+        raise ValueError(f"must be at most {MAX_KIMG:.0e} kimg (10^9 images); give the length "
+                         "in thousands of training images")
+    return value
+
+
+# A length of training in kimg: finite and at most MAX_KIMG.
+Kimg = Annotated[float, AfterValidator(_kimg_bound)]
+# A seed for torch generators; per-image seeds count up from eval.seed (see Config checks).
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _safe_name(value: str | None) -> str | None:
+    problem = None if value is None else names.name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem} (it names a directory)")
+    return value
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -41,22 +72,24 @@ class DataConfig(_Section):
     resolution: int = Field(16, ge=4, le=1024)  # square side in pixels after resizing
     channels: Literal[1, 3] | None = None  # None: the dataset's own channel count
     split: Literal["train", "test"] = "train"
-    limit: int | None = Field(None, ge=1)  # use only the first N images (after a seeded shuffle)
+    # Use only the first N images (after a seeded shuffle).
+    limit: int | None = Field(None, ge=1, le=10**9)
 
 
 class ModelConfig(_Section):
     arch: Literal["unet", "dit"] = "unet"
     # UNet2DModel: one entry per resolution level.
-    channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, max_length=6)
-    attention: tuple[bool, ...] = (False, False, True)  # self-attention per level
+    channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        (32, 64, 64), min_length=1, max_length=6)
+    attention: tuple[bool, ...] = Field((False, False, True), max_length=6)  # per level
     layers_per_block: int = Field(1, ge=1, le=4)
-    norm_groups: int = Field(8, ge=1)
+    norm_groups: int = Field(8, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # DiTTransformer2DModel.
-    patch_size: int = Field(2, ge=1)
-    dit_layers: int = Field(4, ge=1)
-    dit_heads: int = Field(4, ge=1)
-    dit_head_dim: int = Field(32, ge=8)
+    patch_size: int = Field(2, ge=1, le=1024)
+    dit_layers: int = Field(4, ge=1, le=128)
+    dit_heads: int = Field(4, ge=1, le=128)
+    dit_head_dim: int = Field(32, ge=8, le=1024)
 
     @model_validator(mode="after")
     def _levels_match(self) -> ModelConfig:
@@ -146,7 +179,7 @@ class MomentumDecayConfig(_Section):
 
     enabled: bool = False
     end: float = Field(0.5, ge=0.0, lt=1.0)  # beta1 reached at the end of the decay
-    kimg: float = Field(10.0, gt=0.0)  # length of the decay in kimg; beta1 stays at `end` after
+    kimg: Kimg = Field(10.0, gt=0.0)  # length of the decay in kimg; beta1 stays at `end` after
     shape: Literal["linear", "exponential"] = "linear"
     lr_compensation: Literal["none", "heavy_ball"] = "none"  # lr * (1-b1_t)/(1-b1_0)
 
@@ -156,22 +189,22 @@ class OptimConfig(_Section):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # uncapped: a huge value diverges (reported)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)  # max global grad norm; null disables
-    warmup_kimg: float = Field(0.0, ge=0.0)  # linear learning-rate warm-up
+    warmup_kimg: Kimg = Field(0.0, ge=0.0)  # linear learning-rate warm-up
     momentum_decay: MomentumDecayConfig = MomentumDecayConfig()
 
 
 class TrainConfig(_Section):
-    total_kimg: float = Field(20.0, gt=0.0)  # training length in thousands of images
+    total_kimg: Kimg = Field(20.0, gt=0.0)  # training length in thousands of images
     batch_size: int = Field(64, ge=1, le=65536)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # with warm-up min(d, (1+n)/(10+n))
-    seed: int = Field(0, ge=0)  # data order, noise and timestep generators derive from it
+    seed: Seed = 0  # data order, noise and timestep generators derive from it
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA only
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; null: torch's default
-    log_every_kimg: float = Field(0.5, gt=0.0)
+    threads: int | None = Field(None, ge=1, le=MAX_WORKERS)  # intra-op threads; null: torch's
+    log_every_kimg: Kimg = Field(0.5, gt=0.0)
     out_dir: str = "tsearch-runs/train"  # one sub-directory per run
     progress: bool = True  # progress bar on stderr
 
@@ -179,17 +212,17 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     # Keys of tsearch.metrics.registry.EVALUATIONS run at each evaluation point, in order.
     metrics: tuple[str, ...] = Field(("fid",), min_length=1)
-    every_kimg: float = Field(5.0, gt=0.0)  # FID (and a checkpoint) every N kimg and at the end
-    num_images: int = Field(1000, ge=2)  # generated images per FID
-    ref_images: int | None = Field(None, ge=2)  # reference images; null: the whole split
+    every_kimg: Kimg = Field(5.0, gt=0.0)  # FID (and a checkpoint) every N kimg and at the end
+    num_images: int = Field(1000, ge=2, le=MAX_IMAGES)  # generated images per FID
+    ref_images: int | None = Field(None, ge=2, le=MAX_IMAGES)  # null: the whole split
     ref_split: Literal["train", "test"] = "train"
     method: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = Field(50, ge=1)  # generation steps (DDIM: a subsequence of the T steps)
+    steps: int = Field(50, ge=1, le=100_000)  # generation steps (DDIM: a subsequence of T)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # DDIM stochasticity
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(500, ge=1, le=65536)
     extractor: Literal["auto", "digits", "inception"] = "auto"  # auto: digits for digits
     inception_weights: str | None = None  # pt_inception-2015-12-05 .pth; or env var
-    seed: int = Field(2024, ge=0)  # per-image generation seeds start here
+    seed: Seed = 2024  # per-image generation seeds start here
     cache_dir: str = "tsearch-runs/cache"  # extractor weights and reference statistics
     at_start: bool = False  # also evaluate the untrained model at kimg 0
 
@@ -200,16 +233,18 @@ class TrackingConfig(_Section):
     # Used when the experiment is created; None: the tracking server's own artifact store.
     artifact_root: str | None = "tsearch-runs/artifacts"
     experiment: str = "tsearch"
-    run_name: str | None = None
+    run_name: str | None = None  # also the run's directory name: letters, digits, . _ + -
+
+    _run_name_is_safe = field_validator("run_name")(_safe_name)
 
 
 class AshaConfig(_Section):
     """ASHA early stopping on FID; times in kimg (ASHA's time_attr)."""
 
     enabled: bool = True
-    grace_kimg: float = Field(2.0, gt=0.0)  # a trial runs at least this long
-    reduction_factor: float = Field(3.0, gt=1.0)  # keep the best 1/rf at each rung
-    brackets: int = Field(1, ge=1)
+    grace_kimg: Kimg = Field(2.0, gt=0.0)  # a trial runs at least this long
+    reduction_factor: float = Field(3.0, gt=1.0, le=1000.0)  # keep the best 1/rf at each rung
+    brackets: int = Field(1, ge=1, le=100)
 
 
 class SearchConfig(_Section):
@@ -219,21 +254,23 @@ class SearchConfig(_Section):
     # A key of tsearch.search.algorithms.ALGORITHMS: Optuna's TPE or random sampler, or every
     # cell of the space once (grid); checked against the registry before anything starts.
     algorithm: str = "tpe"
-    num_samples: int = Field(10, ge=1)  # trials (a grid runs each of its cells once instead)
-    max_concurrent: int = Field(2, ge=1)
-    seed: int = Field(0, ge=0)  # TPE seed
-    tpe_startup_trials: int = Field(5, ge=1)  # random trials before TPE models the results
+    num_samples: int = Field(10, ge=1, le=MAX_COUNT)  # trials (a grid runs each cell once)
+    max_concurrent: int = Field(2, ge=1, le=MAX_WORKERS)
+    seed: int = Field(0, ge=0, le=MAX_OPTUNA_SEED)  # TPE / random sampler seed (numpy: 32 bit)
+    tpe_startup_trials: int = Field(5, ge=1, le=MAX_COUNT)  # random trials before TPE models
     metric: Literal["eval/fid"] = names.FID
     mode: Literal["min"] = "min"
     asha: AshaConfig = AshaConfig()
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    gpus_per_trial: float = Field(0.0, ge=0.0)  # fractional: 0.5 = two trials per GPU
+    cpus_per_trial: float = Field(1.0, gt=0.0, le=MAX_WORKERS)
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=MAX_WORKERS)  # 0.5 = two trials per GPU
     storage_path: str = "tsearch-runs/ray"  # trial checkpoints; shared storage on a cluster
-    max_failures: int = Field(1, ge=0)  # retries of a failed trial, from its last checkpoint
-    num_to_keep: int = Field(2, ge=1)  # checkpoints kept per trial
+    max_failures: int = Field(1, ge=0, le=1000)  # retries of a failed trial, from a checkpoint
+    num_to_keep: int = Field(2, ge=1, le=MAX_COUNT)  # checkpoints kept per trial
     # Dotted config key -> distribution, e.g. {"optim.lr": {"float": [1e-4, 1e-2], "log": true}}
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # tried first
+
+    _name_is_safe = field_validator("name")(_safe_name)
 
 
 class Config(_Section):
@@ -272,6 +309,18 @@ class Config(_Section):
                 f"eval.steps={self.eval.steps} exceeds diffusion.num_timesteps="
                 f"{self.diffusion.num_timesteps}"
             )
+        if self.eval.seed + self.eval.num_images - 1 > MAX_SEED:
+            raise ValueError(
+                f"eval.seed = {self.eval.seed}: image i is generated from seed eval.seed + i, "
+                f"which must stay <= 2^63-1; use an eval.seed below "
+                f"{MAX_SEED - self.eval.num_images + 2}"
+            )
+        for section in ("sampler", "weighting"):
+            # Plugin hyperparameters that depend on T (e.g. SpeeD's tau as an index).
+            check = getattr(getattr(self.timesteps, section).params, "timesteps_problem", None)
+            problem = check(self.diffusion.num_timesteps) if check is not None else None
+            if problem:
+                raise ValueError(f"timesteps.{section}.params.{problem}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +332,83 @@ class Config(_Section):
 # Loading, overrides and one-line errors
 
 
+MAX_YAML_NODES = 100_000  # values in a YAML document with every alias expanded (~1000x ours)
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything this large is the wrong file
+
+
+class _YamlProblem(Exception):
+    """Why a YAML text was refused (turned into a ConfigError naming the file or override)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, as our own class so that nothing added here leaks into PyYAML's."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Number of values ``root`` stands for once every alias is expanded (stops past the cap).
+
+    Aliases share nodes, so a few lines can stand for 10^7 values (a "billion laughs"), which
+    our deep copies would then build; an alias inside its own anchor is a cycle.
+    """
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # iterative post-order walk: deep nesting must not hit the recursion limit
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            children = _children(node)
+            memo[key] = min(1 + sum(memo[id(c)] for c in children), MAX_YAML_NODES + 1)
+            if memo[key] > MAX_YAML_NODES:
+                raise _YamlProblem(f"expands to more than {MAX_YAML_NODES} values (aliases "
+                                   "repeated inside aliases?); write the values out")
+            continue
+        if key in memo:
+            continue
+        if key in active:
+            raise _YamlProblem("has a recursive alias (an anchor used inside itself)")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in memo)
+    return memo[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _load_yaml(text: str) -> Any:
+    """One YAML document as Python data, refusing cycles and alias bombs (raises _YamlProblem).
+
+    Returns None for a document with no content (empty, or only comments).
+    """
+    loader = None
+    try:
+        loader = _ConfigLoader(text)  # the reader refuses control characters right here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _YamlProblem(f"is not valid YAML{where} ({problem})") from None
+    except RecursionError:
+        raise _YamlProblem("is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise _YamlProblem(f"has a value that cannot be read ({str(exc).split(';')[0]})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value``; the value is parsed as YAML so ``5``, ``true``, ``[1,2]`` work."""
     if "=" not in item:
@@ -292,9 +418,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key part (e.g. train.total_kimg=5)")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        value = _load_yaml(text) if text.strip() else ""
+    except _YamlProblem as exc:
+        shown = item if len(item) <= 80 else item[:60] + "..."
+        raise ConfigError(f"config error: override {shown!r} {exc}") from None
     return key.split("."), value
 
 
@@ -351,6 +478,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     shown = "missing" if err["type"] == "missing" else repr(value)
     if isinstance(value, dict) and err["type"] not in ("missing",):
         shown = "{...}"
+    if len(shown) > 80:  # a 5000-digit number or a long list: the key says which value
+        shown = shown[:60] + "..."
     return f"config error: {path or '<root>'} = {shown}: {msg}{more}"
 
 
@@ -367,18 +496,39 @@ def validate_config(raw: Mapping[str, Any]) -> Config:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    """Read a YAML mapping, with one-line errors for a missing, unreadable or malformed file.
+
+    An empty file is an error, not a default run: it is almost always the wrong file.
+    """
     p = Path(path)
+    name = f"config file {str(p)!r}"
+    if p.is_dir():
+        raise ConfigError(f"{name} is a directory (give a path to a YAML file)")
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist (give a path to a YAML file)")
+        raise ConfigError(f"{name} does not exist (give a path to a YAML file)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}") from None
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{name} is larger than {MAX_CONFIG_BYTES // 1000} KB: a config "
+                              "is a few KB of YAML (wrong file?)")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} is not UTF-8 text (a binary file?); give a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{name} cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = _load_yaml(text)
+    except _YamlProblem as exc:
+        raise ConfigError(f"{name} {exc}") from None
+    if data is None:
+        raise ConfigError(f"{name} is empty: write the sections to change (e.g. train: "
+                          "{total_kimg: 5}), or {} to run every default")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        raise ConfigError(f"{name} must hold a mapping of sections (data:, train:, ...), "
+                          f"not a {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{name}: top-level key {bad[0]!r} is not a section name (data, "
+                          "model, train, ...)")
     return data
 
 

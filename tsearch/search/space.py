@@ -26,15 +26,31 @@ at once; its key is a free label (kept in the trial's config and reports, not a 
 
 ``search.algorithm: grid`` runs every combination of the choices and bundles once (``when``
 prunes the tree), which makes a replication study (method x schedule x seed) a search.
+
+Before anything runs, every value a key can take is checked against its field, and every
+reachable combination of choices and range ends is resolved into a full config and validated
+(:func:`check_combinations`), so that values that only fail together (a sampler's tau and a
+smaller ``diffusion.num_timesteps``) are one line at plan time, not a failed trial.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import itertools
+import json
+import random
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from tsearch.config import Config, validate_config
@@ -47,7 +63,8 @@ _PLUGIN_KEYS = {"timesteps.sampler": SAMPLERS, "timesteps.weighting": WEIGHTINGS
 class ParamSpec(BaseModel):
     """One searched parameter: exactly one of ``float``, ``int``, ``choice`` or ``bundle``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              allow_inf_nan=False)
 
     float_range: tuple[float, float] | None = Field(None, alias="float")
     int_range: tuple[int, int] | None = Field(None, alias="int")
@@ -69,6 +86,13 @@ class ParamSpec(BaseModel):
             raise ValueError(f"range {list(rng)} must have lo < hi")
         if rng is not None and self.log and rng[0] <= 0:
             raise ValueError(f"log scale needs a positive range, got {list(rng)}")
+        if self.step is not None and rng is None:
+            raise ValueError("step applies to a float or int range, not to a choice or bundle")
+        if self.step is not None and self.log:
+            raise ValueError("step cannot be combined with log: true (Optuna refuses it); "
+                             "drop one of them")
+        if self.int_range is not None and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int range needs a whole step, got step {self.step}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice must list at least one value")
         if self.bundle is not None and not self.bundle:
@@ -126,7 +150,10 @@ def check_values(key: str, spec: ParamSpec, field: FieldInfo, owner: str = "") -
     A range is checked at both ends and, for a float range, at a fractional point inside it
     (an integer field cannot take what a float range proposes).
     """
-    adapter = TypeAdapter(field.rebuild_annotation())
+    try:  # sections refuse inf and NaN in their model config; a bare type must be told
+        adapter = TypeAdapter(field.rebuild_annotation(), config=ConfigDict(allow_inf_nan=False))
+    except PydanticUserError:  # a model type (a whole section) brings its own config
+        adapter = TypeAdapter(field.rebuild_annotation())
     if spec.float_range is not None:
         lo, hi = spec.float_range
         probes = [lo, hi, lo + (hi - lo) * 0.318309886]  # 1/pi: never a whole step
@@ -274,23 +301,34 @@ class SearchSpace:
         if ranged:
             raise ConfigError(f"config error: search.space.{ranged[0]}: search.algorithm = grid "
                               "needs choice: [...] or bundle: {...} for every key, not a range")
-        cells: list[dict[str, Any]] = []
+        return list(self.cells(lambda key, spec: spec.values() or []))
+
+    def cells(self, options: Callable[[str, ParamSpec], list[Any]]) -> Iterator[dict[str, Any]]:
+        """Flat trial configs of the tree where each active key takes each of ``options``.
+
+        Keys are visited in file order and a key whose ``when`` does not hold is skipped, as in
+        :class:`DefineByRun`; a bundle also sets its values. Lazy, so a caller can stop early.
+        """
         keys = list(self.specs)
 
-        def walk(i: int, cell: dict[str, Any]) -> None:
+        def walk(i: int, cell: dict[str, Any]) -> Iterator[dict[str, Any]]:
             if i == len(keys):
-                cells.append(cell)
+                yield cell
                 return
             spec = self.specs[keys[i]]
             if not spec.active(cell):
-                walk(i + 1, cell)
+                yield from walk(i + 1, cell)
                 return
-            for value in spec.values() or []:
+            for value in options(keys[i], spec):
                 extra = spec.bundle[value] if spec.bundle is not None else {}
-                walk(i + 1, {**cell, keys[i]: value, **extra})
+                yield from walk(i + 1, {**cell, keys[i]: value, **extra})
 
-        walk(0, {})
-        return cells
+        yield from walk(0, {})
+
+    def probe_points(self) -> dict[str, list[Any]]:
+        """The values of each key whose combinations are checked: choices, bundles, range ends."""
+        return {key: spec.values() or list(spec.float_range or spec.int_range or ())
+                for key, spec in self.specs.items()}
 
     def describe(self) -> list[str]:
         lines = []
@@ -325,6 +363,65 @@ def resolve_trial_config(base: Mapping[str, Any], flat: Mapping[str, Any],
                          labels: tuple[str, ...] | list[str] = ()) -> Config:
     """A trial's flat dotted values over the base config (bundle ``labels`` dropped), validated."""
     return validate_config(merge_flat(base, {k: v for k, v in flat.items() if k not in labels}))
+
+
+MAX_COMBINATIONS = 4096  # resolved one by one (~0.2 ms each) up to this many; then a sample
+_SAMPLED_COMBINATIONS = 256
+
+
+def check_combinations(space: SearchSpace, base: Mapping[str, Any],
+                       limit: int = MAX_COMBINATIONS) -> int:
+    """Resolve every reachable combination of choices and range ends into a config and check it.
+
+    Per-key checks cannot see values that are only wrong together (SpeeD's tau and a smaller
+    ``diffusion.num_timesteps``, ``eval.steps`` and T). Up to ``limit`` combinations every one
+    is validated; beyond it, each value of each key once (with the ``when`` it needs) plus a
+    seeded random sample. Returns the number of configs checked.
+    """
+    points = space.probe_points()
+    combos = list(itertools.islice(space.cells(lambda key, spec: points[key]), limit + 1))
+    if len(combos) > limit:
+        combos = list(_covering_cells(space, points))
+    seen: set[str] = set()
+    for cell in combos:
+        key = json.dumps(cell, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            resolve_trial_config(base, cell, space.labels)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in cell.items())
+            raise ConfigError(f"config error: search.space combination {{{shown}}}: "
+                              f"{str(exc).removeprefix('config error: ')} (narrow the space, or "
+                              "add a `when`)") from None
+    return len(seen)
+
+
+def _covering_cells(space: SearchSpace, points: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Each value of each key once (other keys at their first value) plus a random sample."""
+    for key, values in points.items():
+        needs = _needed_for(space, key)
+        for value in values:
+            fixed = {**needs, key: value}
+            yield next(space.cells(
+                lambda k, spec, fixed=fixed: [fixed[k]] if k in fixed else points[k][:1]))
+    rng = random.Random(0)
+    for _ in range(_SAMPLED_COMBINATIONS):
+        yield next(space.cells(lambda k, spec: [rng.choice(points[k])]))
+
+
+def _needed_for(space: SearchSpace, key: str) -> dict[str, Any]:
+    """Values of earlier keys that make ``key``'s ``when`` (and theirs, in turn) hold."""
+    needs: dict[str, Any] = {}
+    todo = [key]
+    while todo:
+        for dep, want in space.specs[todo.pop()].when.items():
+            if dep not in needs:
+                allowed = want if isinstance(want, list) else [want]
+                needs[dep] = allowed[0] if allowed else None
+                todo.append(dep)
+    return needs
 
 
 def check_points(base: Mapping[str, Any], points: list[dict[str, Any]],

@@ -128,6 +128,9 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
             resolve_trial_config(base, cell, space.labels)
         except ConfigError as exc:
             raise ConfigError(f"grid cell {i} {cell}: {exc}") from None
+    from tsearch.search.space import check_combinations  # (kept inside plan: shared file)
+
+    check_combinations(space, base)  # values that are only wrong together (e.g. tau and T)
     if s.asha.enabled and s.asha.grace_kimg > cfg.train.total_kimg:
         raise ConfigError(f"config error: search.asha.grace_kimg = {s.asha.grace_kimg} exceeds "
                           f"train.total_kimg = {cfg.train.total_kimg}")
@@ -148,14 +151,14 @@ def run_search(
 
     ``checked`` is the :func:`plan` of this config if the caller made it already.
     """
-    from tsearch.search.ray_runtime import check_ray_address, init_ray
-    from tsearch.tracking import MlflowTracker, check_tracking_store, ensure_experiment
+    from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray
+    from tsearch.tracking import check_tracking_store, ensure_experiment
     from tsearch.tracking.mlflow_tracker import resolve_artifact_root, resolve_tracking_uri
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     checked = checked or plan(cfg, config_path)
-    space, name = checked.space, checked.name
+    name = checked.name
     if cfg.tracking.backend != "mlflow":
         raise ConfigError("config error: tracking.backend = 'none': a search records its "
                           "trials in MLflow; set tracking.backend=mlflow")
@@ -170,15 +173,42 @@ def run_search(
     ensure_experiment(uri, cfg.tracking.experiment, artifact_root)
     storage = cfg.search.storage_path
     storage = storage if "://" in storage else str(Path(storage).resolve())
+    problem = names.name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"config error: search name {problem}; pass --set search.name=NAME")
     exp_path = Path(storage) / name
+    if "://" not in storage and not exp_path.resolve().is_relative_to(Path(storage)):
+        raise ConfigError(f"config error: search {name!r} would be written outside "
+                          f"search.storage_path {storage}; pass --set search.name=NAME")
     if (address or os.environ.get("RAY_ADDRESS")) and "://" not in cfg.search.storage_path:
         say(f"note: trials on other nodes checkpoint to {storage}; it must be a filesystem every "
             "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
-    state_file = exp_path / names.SEARCH_STATE
 
-    init_ray(address, num_cpus=None)
+    session = init_ray(address, num_cpus=None)
+    ok = False
+    try:
+        result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say)
+        ok = True
+    finally:
+        if session is not None:  # a local Ray this search started: stop it, drop its files
+            end_session(session, keep_logs=not ok, say=say)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+_RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
+              "search_gen_state-*.json", "basic-variant-state-*.json", ".validate_storage_marker")
+
+
+def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, storage: str,
+         exp_path: Path, resume: bool, say) -> SearchResult:
+    """Open the parent run, run (or restore) the Tuner and summarise the trials."""
     from ray import tune
 
+    from tsearch.tracking import MlflowTracker
+
+    space, name = checked.space, checked.name
+    state_file = exp_path / names.SEARCH_STATE
     parent_id = None
     if resume:
         if not tune.Tuner.can_restore(str(exp_path)):
@@ -200,27 +230,91 @@ def run_search(
         if parent_id is None:
             parent.log_params({
                 names.PARAM_SEARCH: cfg.search.model_dump(mode="json"),
-                names.PARAM_BASE: {k: v for k, v in cfg.to_dict().items() if k != "search"}})
-            parent.log_dict(cfg.to_dict(), names.ARTIFACT_SEARCH_CONFIG)
+                names.PARAM_BASE: _masked({k: v for k, v in cfg.to_dict().items()
+                                           if k != "search"})})
+            parent.log_dict(_masked(cfg.to_dict()), names.ARTIFACT_SEARCH_CONFIG)
             exp_path.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
         say(f"search {name!r}: {checked.num_trials} trials, up to "
-            f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at {uri}")
+            f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at "
+            f"{names.mask_uri(uri)}")
         tuner = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say)
         grid = tuner.fit()
+        _drop_stubs(exp_path)
         trials = _summaries(grid)
         result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
-                              trials=trials, best_config=None, tracking_uri=uri,
-                              seconds=time.perf_counter() - start, labels=space.labels)
+                              trials=trials, best_config=None, tracking_uri=uri, seconds=0.0,
+                              labels=space.labels)
         result.best_config = _finish(parent, result, base, exp_path)
     except KeyboardInterrupt:
         parent.finish("KILLED", "interrupted; continue with tsearch search --resume")
+        if not resume and not _trial_dirs(exp_path):
+            _forget_start(exp_path)  # nothing ran: the name is free again
         raise
     except Exception as exc:
-        parent.finish("FAILED", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        parent.finish("FAILED", reason)
+        if not resume and not _trial_dirs(exp_path):
+            _forget_start(exp_path)  # nothing ran: the name is free again
+        if not type(exc).__module__.startswith("ray."):
+            raise  # ours: a TsearchError is one line already, anything else is a bug
+        raise TsearchError(f"search {name!r} stopped: Ray Tune failed ({reason[:200]})"
+                           + ("" if _trial_dirs(exp_path) else
+                              f"; no trial started, so the name {name!r} is free again")) from exc
     parent.finish("FINISHED")
     return result
+
+
+def _masked(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with the tracking URI's credentials masked (for params and exports)."""
+    if isinstance(raw.get("tracking"), dict) and raw["tracking"].get("uri"):
+        raw = {**raw, "tracking": {**raw["tracking"],
+                                   "uri": names.mask_uri(raw["tracking"]["uri"])}}
+    return raw
+
+
+def _stub_pruned_checkpoints(exp_path: Path) -> None:
+    """Recreate, empty, the checkpoint directories Tune pruned after its last state snapshot.
+
+    A driver killed between snapshots leaves Tune's state naming a checkpoint that a newer
+    report made it delete; restoring the trial would then fail. An empty directory lets Tune
+    restore it, and the trial itself resumes from the newest checkpoint in the storage
+    (``trainable._restore``). Local storage only: a bucket is left as it is.
+    """
+    for trial in _trial_dirs(exp_path):
+        indices = sorted(int(p.name.split("_")[1]) for p in trial.glob("checkpoint_*")
+                         if p.name.split("_")[1].isdigit())
+        for i in range(indices[-1] if indices else 0):
+            (trial / f"checkpoint_{i:06d}").mkdir(exist_ok=True)
+
+
+def _drop_stubs(exp_path: Path) -> None:
+    """Remove the empty checkpoint directories :func:`_stub_pruned_checkpoints` made."""
+    for stub in exp_path.glob("*/checkpoint_*"):
+        if stub.is_dir() and not any(stub.iterdir()):
+            stub.rmdir()
+
+
+def _trial_dirs(exp_path: Path) -> list[Path]:
+    """Trial directories Tune created (each holds params.json once its trial started)."""
+    if not exp_path.is_dir():
+        return []
+    return [p for p in exp_path.iterdir() if (p / "params.json").is_file()]
+
+
+def _forget_start(exp_path: Path) -> None:
+    """Delete Tune's state of a search that failed before any trial ran.
+
+    Left in place it would block the name (``already exists``) and make ``--resume`` restore a
+    search with nothing to resume.
+    """
+    for pattern in (*_RAY_STATE, names.SEARCH_STATE):
+        for path in exp_path.glob(pattern):
+            path.unlink(missing_ok=True)
+    try:
+        exp_path.rmdir()
+    except OSError:
+        pass  # something else lives there: keep it
 
 
 def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path, say):
@@ -238,6 +332,7 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
     callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, checked.space.labels)]
     if resume:
         say(f"resuming {exp_path}")
+        _stub_pruned_checkpoints(exp_path)
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
     proposal = checked.algorithm.build(cfg, checked.space, checked.name)
@@ -265,10 +360,13 @@ def _summaries(grid) -> list[TrialSummary]:
         times: list[float] = []
         if df is not None and names.FID in df and names.TIME_ATTR in df:
             stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
+            by_kimg: dict[float, tuple[float, float]] = {}
             for k, f, ts in zip(df[names.TIME_ATTR], df[names.FID], stamps, strict=True):
-                if f == f:
-                    fids.append((float(k), float(f)))
-                    times.append(float(ts))
+                if f == f:  # a resumed trial may report an evaluation again: keep one
+                    by_kimg.setdefault(float(k), (float(f), float(ts)))
+            for k in sorted(by_kimg):
+                fids.append((k, by_kimg[k][0]))
+                times.append(by_kimg[k][1])
         last = result.metrics or {}
         status = "ERROR" if result.error else "TERMINATED"
         config = flat_config(result.config)
@@ -315,6 +413,7 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
                                      if k not in result.labels})
         best_cfg.pop("search", None)
         best_cfg["tracking"]["run_name"] = None
+        best_cfg = _masked(best_cfg)
         (out / names.ARTIFACT_BEST_CONFIG).write_text(_best_yaml(best_cfg, result, best))
         parent.log_artifact(out / names.ARTIFACT_BEST_CONFIG)
         parent.log_metrics({names.SEARCH_BEST_FID: best.best_fid,

@@ -44,16 +44,17 @@ class AdaptiveParams(Params):
     policy: Literal["cnn", "unconditional"] = "cnn"  # cnn: pi(t | x0) as the paper
     queue_size: int = Field(20, ge=2, le=10_000)  # |Q|: rows of per-timestep improvements
     num_features: int = Field(3, ge=1, le=1000)  # |S|: timesteps selected by the F-test
-    update_every: int = Field(40, ge=1)  # f_S: steps between probes / policy updates
+    update_every: int = Field(40, ge=1, le=1_000_000)  # f_S: steps between probes / policy updates
     lr: float = Field(1e-2, gt=0.0, le=1.0)  # the policy's own Adam learning rate
-    entropy_coef: float = Field(1e-2, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
+    entropy_coef: float = Field(1e-2, ge=0.0, le=100.0)
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6)
     hidden: int = Field(256, ge=8, le=4096)  # MLP width of the policy
     depth: int = Field(2, ge=1, le=8)  # MLP hidden layers (ATS hidden_depth)
-    init_bias: float = 0.5  # head bias: Beta(softplus(b), softplus(b)) ~ uniform at init
+    # Head bias: Beta(softplus(b), softplus(b)) ~ uniform at init.
+    init_bias: float = Field(0.5, ge=-100.0, le=100.0)
     scan_images: int = Field(1, ge=1, le=64)  # images in the all-timestep scan
-    scan_stride: int = Field(10, ge=1)  # 1 = every timestep (faithful, ~4x the probe cost)
-    reward_images: int | None = Field(None, ge=1)  # None: every image of the batch
+    scan_stride: int = Field(10, ge=1, le=100_000)  # 1 = every timestep (faithful, ~4x probes)
+    reward_images: int | None = Field(None, ge=1, le=65536)  # None: every image of the batch
     loss: Literal["vlb", "mse"] = "vlb"  # look-ahead loss: VLB term in bits/dim as ATS
     common_noise: bool = True  # same images and noise before and after the update
     baseline: bool = False  # subtract the batch-mean reward (variance reduction)

@@ -13,21 +13,56 @@ a seeded ``torch.Generator`` and can be checkpointed.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from tsearch.diffusion.schedule import NoiseSchedule
 
 
 class Params(BaseModel):
-    """Base of every plugin's hyperparameter model: typed, validated, no unknown keys."""
+    """Base of every plugin's hyperparameter model: typed, validated, finite, no unknown keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    def timesteps_problem(self, num_timesteps: int) -> str | None:
+        """Why these values cannot work with T = ``num_timesteps``, or None.
+
+        The answer reads ``"field = value: what is wrong; how to fix it"``. The config's
+        cross-checks (which know T) call it, so that a T-dependent mistake is one line before
+        training or a search starts rather than a failure inside every trial.
+        """
+        return None
+
+
+def _whole_if_index(value: float) -> float:
+    if value <= 1:
+        return value
+    if value != int(value):
+        raise ValueError("a value > 1 is a timestep index and must be a whole number; give a "
+                         "fraction of T in [0, 1] or a whole index")
+    return int(value)  # an index stays an int (700, not 700.0, in configs and MLflow params)
+
+
+# A timestep given relative to T (0 <= value <= 1) or as an absolute index (a whole value > 1),
+# so that one config works for every diffusion.num_timesteps. See :func:`timestep_index`.
+FractionOrIndex = Annotated[float, Field(ge=0.0, le=1e6), AfterValidator(_whole_if_index),
+                            PlainSerializer(lambda v: v, return_type=Any)]
+
+
+def timestep_index(value: float, num_timesteps: int) -> int:
+    """The index a :data:`FractionOrIndex` names: round(value * T) for value <= 1, else value.
+
+    0.7 is index 700 at T = 1000, 14 at T = 20 and 2800 at T = 4000; 1 (or 1.0) is T itself.
+    """
+    if value <= 1:
+        return math.floor(value * num_timesteps + 0.5)
+    return int(value)
 
 
 class NoParams(Params):

@@ -27,11 +27,18 @@ from tsearch.timesteps.base import (
 
 
 class GradVarParams(Params):
-    bins: int = Field(20, ge=1)  # equal-width timestep bins sharing one EMA each (<= T)
-    probe_every: int = Field(25, ge=1)  # optimizer steps between gradient-norm probes
-    rows_per_probe: int = Field(8, ge=1)  # per-sample gradients per probe (4 forwards each)
+    bins: int = Field(20, ge=1, le=100_000)  # equal-width timestep bins, one EMA each (<= T)
+    probe_every: int = Field(25, ge=1, le=1_000_000)  # optimizer steps between probes
+    rows_per_probe: int = Field(8, ge=1, le=65536)  # per-sample gradients per probe (4 fwd each)
     ema: float = Field(0.9, ge=0.0, lt=1.0)  # EMA decay of each bin's mean squared grad norm
     uniform_mix: float = Field(0.1, gt=0.0, le=1.0)  # eps in p = (1-eps) p* + eps/T
+
+    def timesteps_problem(self, num_timesteps: int) -> str | None:
+        """Every bin needs at least one timestep."""
+        if self.bins <= num_timesteps:
+            return None
+        return (f"bins = {self.bins}: must be <= diffusion.num_timesteps = {num_timesteps} "
+                "(each bin holds at least one timestep); lower bins")
 
 
 class GradVarSampler(TimestepSampler):

@@ -6,6 +6,11 @@ below tau and 1 / (T + tau(k-1)) from tau on: the "convergence area" near pure n
 suppressed k-fold. Dual sampling draws n//2 + 1 timesteps from p, reflects them about the
 meaningful-steps pivot m (t' = m - t if t < m else t - m), concatenates and truncates to n.
 Not unbiased: SpeeD changes the objective on purpose (weights are ones).
+
+SpeeD's constants assume T = 1000 (tau = 700, threshold 1e-4 per step). Here tau is a fraction
+of T (0.7; an index is still accepted) and the threshold is rescaled by 1000/T, so the defaults
+give exactly SpeeD's p(t) at T = 1000 and the same shape at any other T. Both are resolved to
+indices once, at construction.
 """
 
 from __future__ import annotations
@@ -16,14 +21,44 @@ import torch
 from pydantic import Field
 
 from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
+from tsearch.timesteps.base import (
+    Draw,
+    FractionOrIndex,
+    Params,
+    StepContext,
+    TimestepSampler,
+    timestep_index,
+)
+
+SPEED_REFERENCE_T = 1000  # the T SpeeD's constants (tau = 700, threshold 1e-4) were set for
 
 
 class SpeedParams(Params):
     k: float = Field(5.0, ge=1.0, le=1000.0)  # probability ratio below/above tau (paper: 1-25)
-    tau: int = Field(700, ge=0)  # first timestep of the suppressed area; must be < T
+    # First timestep of the suppressed area: a fraction of T (0.7 = SpeeD's 700 at T = 1000) or
+    # an index > 1; must resolve below T.
+    tau: FractionOrIndex = 0.7
     dual: bool = True  # SpeeD's dual reflection about m (ablation "no_dual" = False)
-    dual_threshold: float = Field(1e-4, gt=0.0)  # m = first t with d/dt sqrt(1-abar) < this
+    # m = first t with d/dt sqrt(1-abar) < dual_threshold * 1000/T: SpeeD's 1e-4 per step at
+    # T = 1000, rescaled so that m sits at the same fraction of T for any T (0.642 for linear).
+    dual_threshold: float = Field(1e-4, gt=0.0, le=1.0)
+
+    def timesteps_problem(self, num_timesteps: int) -> str | None:
+        """tau must name an index below T."""
+        index = timestep_index(self.tau, num_timesteps)
+        if index < num_timesteps:
+            return None
+        return (f"tau = {self.tau}: timestep index {index} must be < diffusion.num_timesteps = "
+                f"{num_timesteps}; give tau as a fraction of T below 1 (default 0.7) or an index "
+                f"below {num_timesteps}")
+
+    def tau_index(self, num_timesteps: int) -> int:
+        """The first suppressed timestep at T = ``num_timesteps``."""
+        return timestep_index(self.tau, num_timesteps)
+
+    def threshold_per_step(self, num_timesteps: int) -> float:
+        """``dual_threshold`` as a rate per timestep index at T = ``num_timesteps``."""
+        return self.dual_threshold * (SPEED_REFERENCE_T / num_timesteps)
 
 
 class SpeedSampler(TimestepSampler):
@@ -42,15 +77,16 @@ class SpeedSampler(TimestepSampler):
     def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
         super().__init__(schedule, params, seed)
         T, pr = self.num_timesteps, self.params
-        if pr.tau >= T:
-            raise ValueError(f"speed: tau = {pr.tau} must be < the number of timesteps ({T}); "
-                             f"SpeeD uses tau = 700 for T = 1000")
+        self.tau = pr.tau_index(T)
+        if self.tau >= T:
+            raise ValueError(f"speed: tau = {pr.tau} must be < the number of timesteps ({T}) "
+                             f"as index {self.tau}; give a fraction of T below 1 (default 0.7)")
         p = torch.ones(T, dtype=torch.float64)
-        p[: pr.tau] = pr.k
+        p[: self.tau] = pr.k
         self._p = p / p.sum()
         # meaningful_steps() returns 1 when no t is below the threshold, and may return T; the
         # pivot must stay in [1, T-1] so that reflections land in [0, T).
-        self.pivot = min(max(schedule.meaningful_steps(pr.dual_threshold), 1), T - 1)
+        self.pivot = min(max(schedule.meaningful_steps(pr.threshold_per_step(T)), 1), T - 1)
         self._q = torch.zeros(T, dtype=torch.float64).index_add_(0, self.reflect(torch.arange(T)),
                                                                  self._p)
         self._last_n: int | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from tsearch.timesteps.base import LossWeighting, Params
+from tsearch.timesteps.base import FractionOrIndex, LossWeighting, Params, timestep_index
 
 
 class NoWeighting(LossWeighting):
@@ -94,7 +94,18 @@ class MinSNRWeighting(LossWeighting):
 
 class SpeedWeightingParams(Params):
     lam: float = Field(0.6, ge=0.5, le=1.0)  # symmetry ceiling: w in [1-lam, lam] below tau
-    tau: int = Field(700, ge=0)  # w = 1 from here on (SpeeD's convergence area); <= T
+    # w = 1 from here on (SpeeD's convergence area): a fraction of T (0.7 = SpeeD's 700 at
+    # T = 1000; 1 = no cut) or an index > 1, at most T.
+    tau: FractionOrIndex = 0.7
+
+    def timesteps_problem(self, num_timesteps: int) -> str | None:
+        """tau must name an index of at most T."""
+        index = timestep_index(self.tau, num_timesteps)
+        if index <= num_timesteps:
+            return None
+        return (f"tau = {self.tau}: timestep index {index} must be <= diffusion.num_timesteps = "
+                f"{num_timesteps}; give tau as a fraction of T (default 0.7) or an index up to "
+                f"{num_timesteps}")
 
 
 # Floor for the one case that reaches 0: lam = 1 and the minimum of g lies below tau.
@@ -108,17 +119,19 @@ class SpeedWeighting(LossWeighting):
     w_t = (1 - lam) + (2 lam - 1) (g_t - min g) / (max g - min g), min and max over all T, so
     w in [1 - lam, lam]; w_t = 1 for t >= tau (the released code's jump). Linear, lam = 0.6:
     0.409 at t = 0, 0.539 at t = 100, 0.577 at t = 300. Weights are floored at 1e-4, which only
-    matters for lam = 1 when the minimum of g falls below tau (e.g. tau = T).
+    matters for lam = 1 when the minimum of g falls below tau (e.g. tau = T). tau is a fraction
+    of T (default 0.7, SpeeD's 700 at T = 1000) or an index, resolved when the table is built.
     """
 
     name = "speed"
     Params = SpeedWeightingParams
 
     def table(self) -> np.ndarray:
-        T, lam, tau = self.schedule.num_timesteps, self.params.lam, self.params.tau
+        T, lam = self.schedule.num_timesteps, self.params.lam
+        tau = timestep_index(self.params.tau, T)
         if tau > T:
-            raise ValueError(f"speed weighting: tau = {tau} must be <= the number of timesteps "
-                             f"({T})")
+            raise ValueError(f"speed weighting: tau = {self.params.tau} must be <= the number of "
+                             f"timesteps ({T}) as index {tau}; give a fraction of T (default 0.7)")
         g = self.schedule.increment_variance_rate
         span = g.max() - g.min()
         scaled = (g - g.min()) / span if span > 0 else np.zeros_like(g)
