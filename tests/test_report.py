@@ -257,13 +257,19 @@ def test_unknown_search_is_one_line_exit_1(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = tsearch("report", "nope", "-o", str(tmp_path / "out"), "--tracking-uri", uri,
                    cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: no searches in")
+    assert proc.returncode == 2  # a read-only command creates no store (tests/test_bad_cli.py)
+    assert proc.stderr.startswith(f"error: no MLflow store at {tmp_path}/mlflow.db")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
+    proc = tsearch("report", "nope", "-o", str(tmp_path / "out"), "--tracking-uri", uri,
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: no searches in")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     exp = client.create_experiment("e")
     client.create_run(exp, run_name="other", tags={"tsearch.kind": "search",
                                                   "tsearch.search": "other"})

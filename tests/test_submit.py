@@ -15,7 +15,7 @@ import pytest
 
 from tsearch.config import load_config
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.search.submit import dashboard_address, entrypoint
+from tsearch.search.submit import dashboard_address, entrypoint, job_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -38,13 +38,86 @@ def test_environment_fills_tracking_uri_and_storage_unless_set(monkeypatch, tmp_
     assert cfg.tracking.uri.startswith("sqlite:") and cfg.search.storage_path == "tsearch-runs/ray"
 
 
-def test_entrypoint_is_a_search_of_the_uploaded_config_with_resolved_targets():
-    cfg = load_config(SMOKE, [f"tracking.uri={SERVER}", "search.storage_path=/shared/ray"])
-    cmd = shlex.split(entrypoint(cfg, SMOKE, ROOT, ["search.num_samples=2", "optim.lr=1e-3"]))
+SECRET_SERVER = "http://alice:s3cret@10.9.8.7:5000"
+
+
+def _job_argv(command: str, env: dict[str, str]) -> list[str]:
+    """The arguments `tsearch` receives when the job's shell runs ``command`` (Ray runs the
+    entrypoint with shell=True, in the environment of the job's runtime_env)."""
+    proc = subprocess.run(["sh", "-c", 'tsearch() { printf "%s\\n" "$@"; }; ' + command],
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          check=True)
+    return proc.stdout.splitlines()
+
+
+def _sets(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+
+
+def test_entrypoint_is_a_search_of_the_uploaded_config_without_the_tracking_uri(monkeypatch):
+    cfg = load_config(SMOKE, [f"tracking.uri={SECRET_SERVER}", "search.storage_path=/shared/ray"])
+    command = entrypoint(cfg, SMOKE, ROOT, ["search.num_samples=2", "optim.lr=1e-3",
+                                            f"tracking.uri={SECRET_SERVER}"])
+    assert "s3cret" not in command and "10.9.8.7" not in command
+    cmd = shlex.split(command)
     assert cmd[:3] == ["tsearch", "search", "experiments/smoke.yaml"]
-    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    assert sets == ["search.num_samples=2", "optim.lr=1e-3", f"tracking.uri={SERVER}",
-                    "search.storage_path=/shared/ray"]
+    assert _sets(cmd) == ["search.num_samples=2", "optim.lr=1e-3",
+                          "search.storage_path=/shared/ray"]
+    # The job gets the URI from its environment, and its config resolves to the same one.
+    assert job_env(cfg) == {"MLFLOW_TRACKING_URI": SECRET_SERVER}
+    argv = _job_argv(command, job_env(cfg))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_SERVER)
+    monkeypatch.delenv("TSEARCH_STORAGE_PATH", raising=False)
+    job_cfg = load_config(ROOT / argv[1], _sets(argv))
+    assert job_cfg.tracking.uri == SECRET_SERVER and job_cfg.search.storage_path == "/shared/ray"
+
+
+def test_entrypoint_reads_the_uri_from_the_environment_over_the_files(tmp_path, monkeypatch):
+    config = tmp_path / "exp.yaml"
+    config.write_text(SMOKE.read_text().replace("tracking:\n", "tracking:\n  uri: "
+                                                "http://from-the-file:5000\n", 1))
+    cfg = load_config(config, [f"tracking.uri={SECRET_SERVER}", "search.storage_path=/s"])
+    command = entrypoint(cfg, config, tmp_path, [f"tracking.uri={SECRET_SERVER}"])
+    assert "s3cret" not in command and command.endswith('"tracking.uri=$MLFLOW_TRACKING_URI"')
+    argv = _job_argv(command, job_env(cfg))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_SERVER)
+    assert load_config(tmp_path / argv[1], _sets(argv)).tracking.uri == SECRET_SERVER
+    # The file's own URI needs no help from the command line.
+    same = load_config(config, ["search.storage_path=/s"])
+    assert "tracking.uri" not in entrypoint(same, config, tmp_path, [])
+
+
+class _Recorder:
+    """Stands in for Ray's JobSubmissionClient: keeps what the job would be given."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] = []
+
+    def submit_job(self, **job) -> str:
+        self.jobs.append(job)
+        return job["submission_id"]
+
+
+def test_submit_prints_no_credentials_and_puts_the_uri_in_the_jobs_environment(
+        capfd, monkeypatch):
+    from cli_harness import run_cli
+
+    import tsearch.search.submit as submit_module
+
+    recorder = _Recorder()
+    monkeypatch.setattr(submit_module, "_client", lambda url: recorder)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # submit may set it: undone after
+    monkeypatch.chdir(ROOT)
+    result = run_cli(capfd, "submit", "experiments/smoke.yaml", "--address",
+                     "http://bob:hunter2@127.0.0.1:8265", "--set",
+                     f"tracking.uri={SECRET_SERVER}", "--set", "search.storage_path=/shared/ray")
+    assert result.code == 0, result.err
+    assert "s3cret" not in result.out + result.err and "hunter2" not in result.out + result.err
+    assert "--tracking-uri http://alice:***@10.9.8.7:5000" in result.out
+    assert "to http://bob:***@127.0.0.1:8265" in result.out
+    (job,) = recorder.jobs
+    assert "s3cret" not in job["entrypoint"] and job["entrypoint"] in result.out
+    assert job["runtime_env"]["env_vars"] == {"MLFLOW_TRACKING_URI": SECRET_SERVER}
 
 
 @pytest.mark.parametrize("overrides,needle", [

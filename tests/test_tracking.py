@@ -346,3 +346,15 @@ def test_build_tracker_resolves_relative_sqlite(tmp_path: Path) -> None:
     run = _client(f"sqlite:///{tmp_path}/runs/mlflow.db").get_run(tracker.run_id)
     assert run.info.run_name == "from-config"
     assert run.info.artifact_uri.startswith((tmp_path / "runs" / "art").resolve().as_uri())
+
+
+def test_unreachable_server_with_credentials_is_probed_and_named_without_them():
+    """urllib cannot open user:pw@ URLs; the probe drops them and the message masks them."""
+    from tsearch.errors import TsearchError
+    from tsearch.tracking.mlflow_tracker import check_tracking_store
+
+    with pytest.raises(TsearchError) as info:
+        check_tracking_store("http://alice:s3cret@127.0.0.1:1")
+    text = str(info.value)
+    assert "s3cret" not in text and "alice:***@127.0.0.1:1" in text
+    assert "Connection refused" in text  # the probe reached the port: not a parse failure

@@ -62,7 +62,9 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
 }
 
 alive_nodes() {  # number of alive Ray nodes, asked from the head namespace with the token
-    in_ns head env RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat "$DIR/token")" \
+    # The token is read from its file (mode 600), never put on a command line: anyone can read
+    # the process table. An inherited RAY_AUTH_TOKEN would win over the file, so it is dropped.
+    in_ns head env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$DIR/token" \
         "$BIN/python" - "$HEAD_IP:$GCS_PORT" <<'EOF' 2>/dev/null
 import sys
 from ray.util.state import list_nodes

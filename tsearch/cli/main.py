@@ -1,12 +1,16 @@
 """The ``tsearch`` command: thin typer glue over the library.
 
-User errors (``TsearchError``) print one line and exit with their code (2 for bad input); any
-other exception is a bug and keeps its traceback.
+User errors (``TsearchError``) and usage errors (unknown option or command, missing argument)
+print one line and exit with their code (2 for bad input); any other exception is a bug and
+keeps its traceback. Outputs are checked before any work, and read-only commands never create
+an MLflow store.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,11 +18,12 @@ import typer
 import yaml
 
 from tsearch import names
-from tsearch.errors import TsearchError
+from tsearch.errors import ConfigError, TsearchError
 
+# No group shows its help when called without a command: typer prints that help to stdout as
+# it builds the error, so a missing command is a one-line usage error instead (see main()).
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Search for the best diffusion timestep sampler (Ray Tune + Optuna + ASHA + MLflow).",
 )
@@ -38,6 +43,53 @@ def _load(config: Path | None, overrides: list[str] | None):
     from tsearch.config import load_config
 
     return load_config(config, overrides or [])
+
+
+def _creatable(directory: Path) -> str | None:
+    """Why files cannot be made in ``directory`` (which may not exist yet); None if they can.
+
+    Asks the first existing ancestor, by making and removing a file there: permission bits do
+    not tell for root or for read-only and virtual file systems.
+    """
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".tsearch-write-test-")
+    except OSError as err:
+        return f"{ancestor} is not writable ({err.strerror})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _check_output_file(path: Path, suffixes: tuple[str, ...], what: str,
+                       force: bool | None = None) -> None:
+    """Refuse an output file before any work: wrong suffix, a directory, an existing file
+    (unless ``force``; None: overwriting is fine), or a place where nothing can be written."""
+    if path.is_dir():
+        raise ConfigError(f"-o {path} is a directory; give a file name, e.g. "
+                          f"{path / ('out' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise ConfigError(f"-o {path}: {what}; give a file name ending in "
+                          + " or ".join(suffixes))
+    if force is False and (path.exists() or path.is_symlink()):
+        raise ConfigError(f"{path} exists; pass --force to overwrite it, or choose another -o")
+    problem = _creatable(path.parent)
+    if problem:
+        raise ConfigError(f"cannot write -o {path}: {problem}")
+
+
+def _check_output_dir(path: Path) -> None:
+    """Refuse an output directory that is a file or cannot be made, before any work."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"-o {path} is a file; the report is a directory: give a new or "
+                          "existing directory")
+    problem = _creatable(path)
+    if problem:
+        raise ConfigError(f"cannot write the report to -o {path}: {problem}")
 
 
 @app.command()
@@ -69,9 +121,19 @@ def train(
     from tsearch.train import train as run_training
     from tsearch.train.rundir import previous_run_id
 
+    _check_store(cfg)
     run_id = previous_run_id(run_dir) if run_dir is not None else None
     tracker = build_tracker(cfg.tracking, run_name=cfg.tracking.run_name, run_id=run_id)
     run_training(cfg, tracker=tracker, run_dir=run_dir, resume=run_dir is not None)
+
+
+def _check_store(cfg) -> None:
+    """A SQLite store URI that is a directory or another file fails now, in one line, not
+    after minutes of MLflow retries (a missing file is fine: the run creates it)."""
+    if cfg.tracking.backend == "mlflow":
+        from tsearch.tracking.queries import check_sqlite_store
+
+        check_sqlite_store(cfg.tracking.uri, option="--set tracking.uri=")
 
 
 def _print_dry_run(cfg) -> None:
@@ -129,6 +191,7 @@ def search(
         return
     from tsearch.search.tuner import run_search
 
+    _check_store(cfg)
     result = run_search(cfg, config, address=address, resume=resume, checked=checked)
     _print_search_result(result)
     if result.best is None:
@@ -166,18 +229,20 @@ def submit(
     name = plan(cfg, config).name
     sub = submit_job(cfg, config, list(overrides or []), address=address,
                      working_dir=working_dir, name=name)
-    typer.echo(f"submitted search {name!r} as Ray job {sub.job_id} to {sub.address}")
+    address = names.mask_uri(sub.address)
+    typer.echo(f"submitted search {name!r} as Ray job {sub.job_id} to {address}")
     typer.echo(f"  runs:   {sub.entrypoint}")
-    typer.echo(f"  follow: ray job logs --follow --address {sub.address} {sub.job_id}")
-    typer.echo(f"  status: ray job status --address {sub.address} {sub.job_id}")
-    typer.echo(f"  stop:   ray job stop --address {sub.address} {sub.job_id}")
-    typer.echo(f"  runs in MLflow: tsearch runs list --tracking-uri {cfg.tracking.uri}")
+    typer.echo(f"  follow: ray job logs --follow --address {address} {sub.job_id}")
+    typer.echo(f"  status: ray job status --address {address} {sub.job_id}")
+    typer.echo(f"  stop:   ray job stop --address {address} {sub.job_id}")
+    typer.echo("  runs in MLflow: tsearch runs list --tracking-uri "
+               f"{names.mask_uri(cfg.tracking.uri)}")
     if wait:
         status = follow(sub)
         typer.echo(f"Ray job {sub.job_id}: {status}")
         if status != "SUCCEEDED":
             raise TsearchError(f"Ray job {sub.job_id} ended {status}; its log is above "
-                               f"(ray job logs --address {sub.address} {sub.job_id})")
+                               f"(ray job logs --address {address} {sub.job_id})")
 
 
 def _print_search_result(result) -> None:
@@ -193,7 +258,7 @@ def _print_search_result(result) -> None:
         table.add_row(t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf)
     console = Console()
     console.print(table)
-    uri = result.tracking_uri
+    uri = names.mask_uri(result.tracking_uri)
     typer.echo(f"MLflow parent run: {result.parent_run_id}")
     typer.echo(f"look at it:   open {uri}" if uri.startswith(("http://", "https://"))
                else f"look at it:   mlflow ui --backend-store-uri {uri}")
@@ -205,7 +270,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-runs_app = typer.Typer(no_args_is_help=True, help="Inspect searches and their trials in MLflow.")
+runs_app = typer.Typer(help="Inspect searches and their trials in MLflow.")
 app.add_typer(runs_app, name="runs")
 TrackingUri = Annotated[
     str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store.")
@@ -220,7 +285,7 @@ def runs_list(tracking_uri: TrackingUri = DEFAULT_URI) -> None:
 
     rows = list_searches(tracking_uri)
     if not rows:
-        typer.echo(f"no searches in {tracking_uri}")
+        typer.echo(f"no searches in {names.mask_uri(tracking_uri)}")
         return
     typer.echo(f"{'search':<24} {'parent run':<34} {'status':<10} {'best FID':>9}")
     for r in rows:
@@ -244,11 +309,11 @@ def runs_show(
                                t.params.get(f"{names.PARAM_CONFIG}.{key}", ""))
         typer.echo(f"  {t.name:<28} {t.status:<9} FID {t.best_fid:8.2f}  {sampler}  "
                    f"run {t.run_id}")
-    typer.echo(f"artifacts: {parent.artifact_uri}/  (trials.csv, fid_vs_kimg.png, "
+    typer.echo(f"artifacts: {names.mask_uri(parent.artifact_uri)}/  (trials.csv, fid_vs_kimg.png, "
                "best_trials_p_t.png, best_config.yaml)")
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Export results of a search.")
+export_app = typer.Typer(help="Export results of a search.")
 app.add_typer(export_app, name="export")
 
 
@@ -260,18 +325,24 @@ def export_best(
         typer.Option("--search", help="Search name or parent run id (default: the newest)."),
     ] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
 ) -> None:
     """Write the best configuration of a search: `tsearch train FILE` runs it as is."""
-    import shutil
-    import tempfile
-
     from tsearch.tracking.queries import download, find_search
 
+    _check_output_file(output, (".yaml", ".yml"), "export writes YAML", force=force)
     parent = find_search(tracking_uri, search_ref)
     with tempfile.TemporaryDirectory() as tmp:
-        path = download(tracking_uri, parent.run_id, "best_config.yaml", tmp)
+        data = download(tracking_uri, parent.run_id, names.ARTIFACT_BEST_CONFIG, tmp).read_bytes()
+    try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, output)
+        with open(output, "wb" if force else "xb") as handle:  # "x": never overwrite unasked
+            handle.write(data)
+    except FileExistsError:
+        raise ConfigError(f"{output} exists; pass --force to overwrite it, or choose another "
+                          "-o") from None
+    except OSError as err:
+        raise TsearchError(f"cannot write -o {output} ({err.strerror})") from None
     typer.echo(f"best config of search {parent.name} (FID {parent.best_fid:.2f}) -> {output}")
 
 
@@ -283,34 +354,47 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write "
                                          "report.html, report.md, report.json and PNGs to.")],
     tracking_uri: TrackingUri = DEFAULT_URI,
-    seed_key: Annotated[str, typer.Option("--seed-key", help="Searched key whose values are "
-                                          "repeats (mean +- std over them).")] = "train.seed",
+    seed_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--seed-key", help="Searched key whose values are repeats (mean +- std "
+                     "over them); default train.seed."),
+    ] = None,
     baseline: Annotated[str, typer.Option("--baseline", help="Row the speed-ups are relative "
                                           "to (its final FID is the target).")] = "uniform",
 ) -> None:
     """Tables and plots of a search: FID per cell and kimg, speed-ups, learned p(t)."""
-    from tsearch.report import build_report, write_report
-    from tsearch.tracking import resolve_tracking_uri
-    from tsearch.tracking.queries import find_search, search_records
+    from tsearch.report import build_report, check_options, write_report
+    from tsearch.tracking.queries import (
+        fetch_histories,
+        find_search,
+        resolve_read_uri,
+        search_trials,
+    )
 
-    uri = resolve_tracking_uri(tracking_uri)
-    tty = sys.stderr.isatty()
+    _check_output_dir(output)
+    uri = resolve_read_uri(tracking_uri)
+    shown = names.mask_uri(uri)
     # A search named twice (e.g. by name and by run id) is fetched once.
     wanted = {p.run_id: p for p in (find_search(uri, ref) for ref in search_refs)}
-    parents, records = [], []
-    for run_id, named in wanted.items():
+    listed = [search_trials(uri, run_id) for run_id in wanted]
+    parents = [parent for parent, _ in listed]
+    records = [r for _, found in listed for r in found]
+    title = " + ".join(p.name for p in parents)
+    # Options are checked on the listing, so a typo costs one query, not a fetch of every trial.
+    check_options(records, search=title, seed_key=seed_key, baseline=baseline)
+    tty = sys.stderr.isatty()
+    for parent, found in listed:
 
-        def progress(done: int, total: int, name: str = named.name) -> None:
-            if tty or done in (0, total):
-                print(f"\rfetching trial runs of search {name!r} from {uri}: {done}/{total}",
+        def progress(done: int, total: int, name: str = parent.name) -> None:
+            # Shown once fetching works (a live line on a terminal, the total in a log).
+            if tty or done == total:
+                print(f"\rfetching trial runs of search {name!r} from {shown}: {done}/{total}",
                       end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
 
-        parent, found = search_records(uri, run_id, progress)
-        parents.append(parent)
-        records += found
-    rep = build_report(records, search=" + ".join(p.name for p in parents),
+        fetch_histories(uri, found, progress)
+    rep = build_report(records, search=title,
                        parent_run_id=", ".join(p.run_id for p in parents),
-                       tracking_uri=uri, seed_key=seed_key, baseline=baseline)
+                       tracking_uri=uri, seed_key=seed_key or "train.seed", baseline=baseline)
     paths = write_report(rep, output)
     cells = sum(len(b.rows) for b in rep.blocks)
     what = "search" if len(parents) == 1 else f"{len(parents)} searches"
@@ -320,7 +404,7 @@ def report(
         typer.echo(f"  {path}")
 
 
-timesteps_app = typer.Typer(no_args_is_help=True, help="Inspect timestep samplers and weightings.")
+timesteps_app = typer.Typer(help="Inspect timestep samplers and weightings.")
 app.add_typer(timesteps_app, name="timesteps")
 
 
@@ -361,14 +445,18 @@ def timesteps_show(
 ) -> None:
     """Print a sampler's p(t) and a weighting's w(t), and plot them, before training."""
     from tsearch import plots
-    from tsearch.config import load_config
+    from tsearch.config import EvalConfig, load_config
     from tsearch.diffusion.schedule import NoiseSchedule
     from tsearch.timesteps import build_sampler, build_weighting
     from tsearch.timesteps.preview import describe, profiles, weight_summary
 
+    path = output or Path("tsearch-runs") / f"show-{name}-{weighting}.png"
+    _check_output_file(path, (".png",), "the plot is a PNG")
+    # Generation steps play no part here, but the config refuses more of them than T.
+    eval_steps = min(EvalConfig.model_fields["steps"].default, num_timesteps)
     sets = [f"timesteps.sampler.name={name}", f"timesteps.weighting.name={weighting}",
             f"diffusion.schedule={schedule}", f"diffusion.num_timesteps={num_timesteps}",
-            f"diffusion.prediction={prediction}"]
+            f"diffusion.prediction={prediction}", f"eval.steps={max(eval_steps, 1)}"]
     sets += [f"timesteps.sampler.params.{kv}" for kv in overrides or []]
     sets += [f"timesteps.weighting.params.{kv}" for kv in weighting_set or []]
     cfg = load_config(None, sets)
@@ -389,33 +477,82 @@ def timesteps_show(
     points = " ".join(f"{k}={v:.4g}" for k, v in w.items() if k.startswith("w["))
     typer.echo(f"weighting {weighting}: min {w['min']:.4g}, max {w['max']:.4g}, "
                f"mean {w['mean']:.4g}; {points}")
-    path = output or Path("tsearch-runs") / f"show-{name}-{weighting}.png"
     plots.plot_sampler_preview(profs, weights.table(), weighting, path,
                                title=f"{name} sampler, {weighting} weighting, {schedule} schedule")
     typer.echo(f"plot: {path}")
 
 
+def _one_line(text: str) -> str:
+    """A message as the single line the user sees (a stray newline must not split it)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _click_exception_types() -> list:
+    """Typer's bundled click (``typer._click``) and, if installed, the standalone click."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(__import__(module, fromlist=["UsageError"]))
+        except ImportError:
+            continue
+    return found
+
+
+def _usage_error(exc: Exception) -> tuple[str, int] | None:
+    """The one line and exit code of a click/typer error; None if ``exc`` is not one."""
+    for mod in _click_exception_types():
+        no_args = getattr(mod, "NoArgsIsHelpError", ())
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx is not None else "tsearch"
+        missing = isinstance(exc, mod.UsageError) and exc.message == "Missing command."
+        if (missing or (no_args and isinstance(exc, no_args))) and ctx is not None:
+            commands = ", ".join(ctx.command.list_commands(ctx))
+            return f"{path} needs a command: {commands} (see {path} --help)", 2
+        if isinstance(exc, mod.NoSuchOption):
+            guess = sorted(exc.possibilities or [])
+            hint = f"; did you mean {' or '.join(guess)}?" if guess else ""
+            return f"{exc.message}{hint} (see {path} --help)", exc.exit_code
+        if isinstance(exc, mod.UsageError):
+            text = exc.format_message().rstrip(".")
+            if text.startswith("No such command") and ctx is not None:
+                text += "; commands: " + ", ".join(ctx.command.list_commands(ctx))
+            return f"{text} (see {path} --help)", exc.exit_code
+        if isinstance(exc, mod.ClickException):
+            return exc.format_message(), exc.exit_code
+        if isinstance(exc, mod.Abort):
+            return "aborted", 1
+    return None
+
+
+def _fail(message: str, code: int) -> None:
+    message = _one_line(message)
+    if not message.startswith(("config error", "error")):
+        message = f"error: {message}"
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
+    """The console entry point: every user mistake ends as one stderr line and exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="tsearch")
     except TsearchError as exc:
-        print(f"error: {exc}" if not str(exc).startswith(("config error", "error")) else exc,
-              file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit:
         raise
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        usage = _usage_error(exc)
+        if usage is None:
+            raise
+        _fail(*usage)
+    # Without standalone mode, click returns the code of an Exit (typer: Ctrl-C is Exit(130)).
+    if code == 130:
+        print("interrupted", file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from tsearch.report.analysis import (
     Row,
     TargetStat,
     build_report,
+    check_options,
     group_cells,
     report_json,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "TargetStat",
     "block_figures",
     "build_report",
+    "check_options",
     "compute_at",
     "evaluations",
     "fid_table",

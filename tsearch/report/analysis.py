@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from tsearch.errors import TsearchError
+from tsearch import names
+from tsearch.errors import ConfigError, TsearchError
 from tsearch.report.curves import INTERPOLATION, _mean_std, compute_at, evaluations, kimg_to_target
 from tsearch.tracking.queries import TrialRecord
 
@@ -303,6 +304,48 @@ def _speed(block: Block, baseline: str) -> None:
             "that reach it")
 
 
+def _rows_by_block(records: Sequence[TrialRecord], seed_key: str) -> dict[str, list[Row]]:
+    """Cells as labelled rows, per noise schedule; labels need only the trials' values."""
+    cells = group_cells(records, seed_key)
+    by_block: dict[str, list[Row]] = {}
+    for (values, trials), label in zip(cells, _labels(cells), strict=True):
+        row = Row(label=label, values=values, trials=trials,
+                  seeds=[t.values.get(seed_key, t.config.get(seed_key)) for t in trials],
+                  learned=_is_learned(trials[0]))
+        by_block.setdefault(_schedule(trials[0]), []).append(row)
+    for rows in by_block.values():
+        _disambiguate(rows)
+    return by_block
+
+
+def _no_evaluations(search: str, records: Sequence[TrialRecord]) -> TsearchError:
+    return TsearchError(f"search {search!r} has no finished evaluations ({len(records)} "
+                        "trials); wait for its first FID or check its trials' MLflow runs")
+
+
+def check_options(records: Sequence[TrialRecord], *, search: str, seed_key: str | None,
+                  baseline: str) -> None:
+    """Refuse options that do not fit the search, from its trial listing, before fetching.
+
+    ``records`` need only values, config and ``latest`` metrics (no histories), so a typo
+    costs one MLflow query, not a fetch of every trial. ``seed_key`` None is the default
+    (``train.seed``), which a search without repeats may lack; a key given must be searched.
+    A ``baseline`` other than the default ``uniform`` must label a row.
+    """
+    if not any(names.FID in r.latest or r.fid for r in records):
+        raise _no_evaluations(search, records)
+    if seed_key is not None and not any(seed_key in r.values for r in records):
+        searched = sorted({k for r in records for k in r.values})
+        raise ConfigError(f"--seed-key {seed_key!r} is not a searched key of {search!r}; "
+                          f"searched keys: {', '.join(searched) or 'none'}")
+    if baseline != "uniform":
+        rows = _rows_by_block(records, seed_key or "train.seed")
+        known = sorted({r.label for block in rows.values() for r in block})
+        if baseline not in known:
+            raise ConfigError(f"--baseline {baseline!r} is not a row of {search!r}; rows: "
+                              + ", ".join(known[:20]))
+
+
 def build_report(
     records: Sequence[TrialRecord],
     *,
@@ -315,21 +358,11 @@ def build_report(
 ) -> Report:
     """Group a search's trials into blocks and cells and compute every table's numbers."""
     if not any(len(r.fid) for r in records):
-        raise TsearchError(f"search {search!r} has no finished evaluations ({len(records)} "
-                           "trials); wait for its first FID or check its trials' MLflow runs")
-    cells = group_cells(records, seed_key)
-    labels = _labels(cells)
-    by_block: dict[str, list[Row]] = {}
-    for (values, trials), label in zip(cells, labels, strict=True):
-        row = Row(label=label, values=values, trials=trials,
-                  seeds=[t.values.get(seed_key, t.config.get(seed_key)) for t in trials],
-                  learned=_is_learned(trials[0]))
-        by_block.setdefault(_schedule(trials[0]), []).append(row)
-
+        raise _no_evaluations(search, records)
+    by_block = _rows_by_block(records, seed_key)
     blocks = []
     for schedule in sorted(by_block, key=_block_order):
         rows = by_block[schedule]
-        _disambiguate(rows)
         per_trial = {id(t): evaluations(t) for row in rows for t in row.trials}
         n_cols = max(len(steps) for steps, _ in per_trial.values())
         kimg_cols = [[float(steps[j]) / 1000 for steps, _ in per_trial.values() if len(steps) > j]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON, TAG_PARENT_RUN
+from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON, TAG_PARENT_RUN, mask_uri
 from tsearch.tracker import (
     MAX_TAG_VALUE_LENGTH,
     check_status,
@@ -146,7 +146,10 @@ def check_tracking_store(uri: str) -> None:
             )
         return
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        # urllib cannot open a URL with user:password@ in it; the probe needs no credentials.
+        scheme, _, rest = uri.partition("://")
+        netloc, slash, path = rest.partition("/")
+        url = f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}".rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
                 pass
@@ -155,7 +158,7 @@ def check_tracking_store(uri: str) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             why = getattr(err, "reason", err)
             raise TsearchError(
-                f"MLflow tracking server at {uri} is unreachable ({why}); start it "
+                f"MLflow tracking server at {mask_uri(uri)} is unreachable ({why}); start it "
                 "(mlflow server ...) or pass --set tracking.uri=..."
             ) from None
 
@@ -244,12 +247,12 @@ def _get_or_create_experiment(
                 experiment = client.get_experiment_by_name(name)
                 if experiment is None:
                     raise TsearchError(
-                        f"cannot create MLflow experiment {name!r} in {uri} "
+                        f"cannot create MLflow experiment {name!r} in {mask_uri(uri)} "
                         f"({str(err).splitlines()[0]}); pass --set tracking.experiment=OTHER"
                     ) from None
     if experiment.lifecycle_stage == "deleted":
         raise TsearchError(
-            f"MLflow experiment {name!r} in {uri} is deleted; restore it "
+            f"MLflow experiment {name!r} in {mask_uri(uri)} is deleted; restore it "
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
             "or pass --set tracking.experiment=OTHER"
         )
@@ -330,7 +333,7 @@ class MlflowTracker:
                 )
             except mlflow.exceptions.MlflowException as err:
                 raise TsearchError(
-                    f"cannot create an MLflow run in {self.tracking_uri} "
+                    f"cannot create an MLflow run in {mask_uri(self.tracking_uri)} "
                     f"({str(err).splitlines()[0]}); check the tracking store"
                 ) from None
             self.run_id = run.info.run_id
@@ -342,7 +345,7 @@ class MlflowTracker:
             return self.client.get_run(run_id)
         except MlflowException:
             raise TsearchError(
-                f"{what} {run_id} not found in {self.tracking_uri}; check the run id and "
+                f"{what} {run_id} not found in {mask_uri(self.tracking_uri)}; check the run id and "
                 "tracking.uri"
             ) from None
 

@@ -1,10 +1,16 @@
-"""Reading searches back from MLflow: `tsearch runs`, `tsearch export`, and closing trial runs."""
+"""Reading searches back from MLflow: `tsearch runs`, `tsearch export`, and closing trial runs.
+
+Reading never creates anything: a store that is not there is reported (one line), not made. Only
+:func:`close_trial_run`, which the search driver calls, opens the store for writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import re
+import sqlite3
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,8 +21,18 @@ import numpy as np
 import yaml
 
 from tsearch import names
-from tsearch.errors import TsearchError
-from tsearch.tracking.mlflow_tracker import _client, check_tracking_store, resolve_tracking_uri
+from tsearch.errors import ConfigError, TsearchError
+from tsearch.tracking.mlflow_tracker import (
+    _client,
+    _import_mlflow,
+    _sqlite_path,
+    check_tracking_store,
+    resolve_tracking_uri,
+)
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+# Every SQLite database file starts with these 16 bytes (https://www.sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -45,10 +61,94 @@ def _rows(runs) -> list[RunRow]:
     return out
 
 
+def _with_option(option: str, value: str) -> str:
+    return f"{option}{'' if option.endswith('=') else ' '}{value}"
+
+
+def check_sqlite_store(uri: str, *, must_exist: bool = False,
+                       option: str = "--tracking-uri") -> None:
+    """Refuse, in one line and before MLflow opens it, an SQLite store URI that cannot work.
+
+    MLflow given a directory or a file of other bytes retries and logs for minutes (100+ lines);
+    this reads 16 bytes. A missing or empty file is fine for a writer (MLflow creates the
+    schema) but, with ``must_exist``, is refused, as is an SQLite file without MLflow's tables:
+    opening either would create a store, which a read-only command must never do. ``option``
+    names the setting in the fix (``--tracking-uri`` or ``--set tracking.uri=``). Other URIs
+    (http, databricks, ...) pass unchecked. Raises :class:`~tsearch.errors.ConfigError` (exit 2).
+    """
+    path = _sqlite_path(uri.strip())
+    if path is None:
+        return
+    file = Path(path).expanduser()
+    other = _with_option(option, "sqlite:///PATH/mlflow.db")
+    if file.is_dir():
+        raise ConfigError(f"MLflow store {path} is a directory, not an SQLite file: give the "
+                          f"database file, e.g. {_with_option(option, f'sqlite:///{path}/mlflow.db')}")
+    if not file.exists():
+        if must_exist:
+            raise ConfigError(f"no MLflow store at {path}: run a search first, or pass "
+                              f"{_with_option(option, 'URI')}")
+        return
+    if not file.is_file():
+        raise ConfigError(f"MLflow store {path} is not a regular file; pass {other}")
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise ConfigError(f"cannot read MLflow store {path} ({err.strerror}); fix its "
+                          f"permissions or pass {other}") from None
+    if not head:
+        if must_exist:
+            raise ConfigError(f"MLflow store {path} is an empty file: run a search first, or "
+                              f"pass {_with_option(option, 'URI')}")
+        return
+    if head != SQLITE_HEADER:
+        raise ConfigError(f"{path} is not an SQLite database (it does not start with the "
+                          f"SQLite header): pass {other} or an http:// server")
+    if must_exist and not _has_mlflow_tables(file):
+        raise ConfigError(f"{path} is an SQLite database but not an MLflow store (no "
+                          f"experiments and runs tables); pass {other}")
+
+
+def _has_mlflow_tables(file: Path) -> bool:
+    """Whether an SQLite file holds MLflow's tables, read without the chance of a write."""
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return {"experiments", "runs"} <= {name for (name,) in rows}
+
+
+def resolve_read_uri(uri: str) -> str:
+    """A tracking URI for reading an existing store: checked, absolute, and nothing created.
+
+    :func:`~tsearch.tracking.resolve_tracking_uri` makes the directory of a SQLite store (a
+    search is about to write there); reading must not, so a missing store is one line instead.
+    """
+    uri = uri.strip()
+    path = _sqlite_path(uri)
+    if path is None:
+        uri = resolve_tracking_uri(uri)  # refuses file stores; creates nothing for servers
+        # The probe is unauthenticated (and urllib cannot parse user:password@): no credentials
+        # in it, so none in its message either.
+        check_tracking_store(_USERINFO.sub(r"\1", uri))
+        return uri
+    check_sqlite_store(uri, must_exist=True)
+    query = uri[len("sqlite:///") + len(path):]
+    return f"sqlite:///{Path(path).expanduser().resolve().as_posix()}{query}"
+
+
 def _client_for(uri: str):
-    uri = resolve_tracking_uri(uri)
-    check_tracking_store(uri)
-    return _client(uri)
+    """A client that reads ``uri``; unlike the writers' client, it takes no lock file."""
+    uri = resolve_read_uri(uri)
+    mlflow = _import_mlflow()
+    return mlflow.MlflowClient(tracking_uri=uri)
 
 
 def _all_experiment_ids(client) -> list[str]:
@@ -70,14 +170,15 @@ def find_search(uri: str, ref: str | None) -> RunRow:
     """A search by parent run id or name (the newest of that name); None: the newest search."""
     searches = list_searches(uri)
     if not searches:
-        raise TsearchError(f"no searches in {uri}; run `tsearch search CONFIG` first")
+        raise TsearchError(f"no searches in {names.mask_uri(uri)}; run `tsearch search CONFIG` "
+                           "first")
     if ref is None:
         return searches[0]
     for row in searches:
         if ref in (row.run_id, row.name):
             return row
-    names = ", ".join(sorted({r.name for r in searches})[:10])
-    raise TsearchError(f"no search {ref!r} in {uri}; known searches: {names}")
+    known = ", ".join(sorted({r.name for r in searches})[:10])
+    raise TsearchError(f"no search {ref!r} in {names.mask_uri(uri)}; known searches: {known}")
 
 
 def trial_runs(uri: str, parent: RunRow) -> list[RunRow]:
@@ -132,7 +233,8 @@ class TrialRecord:
     ``values`` are the trial's searched values (``trial.*`` params, prefix removed) and
     ``config`` its full resolved config (``config.*`` params), both parsed back from MLflow's
     strings. Histories are ``(step, value)`` pairs sorted by step, step = images seen; ``p_t`` is
-    the sampler's p(t) at each evaluation as ``(images_seen, array[T])``, sorted.
+    the sampler's p(t) at each evaluation as ``(images_seen, array[T])``, sorted. ``latest`` comes
+    with the run listing (:func:`search_trials`), the rest with :func:`fetch_histories`.
     """
 
     run_id: str
@@ -144,6 +246,7 @@ class TrialRecord:
     probe_forwards: list[tuple[int, float]] = field(default_factory=list)
     train_forwards: list[tuple[int, float]] = field(default_factory=list)
     p_t: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    latest: dict[str, float] = field(default_factory=dict)  # each metric's last value, as listed
 
 
 def parse_param(text: str) -> Any:
@@ -201,14 +304,12 @@ def _no_download_bars():
             os.environ[key] = old
 
 
-def search_records(
-    uri: str, ref: str | None, progress: Callable[[int, int], None] | None = None
-) -> tuple[RunRow, list[TrialRecord]]:
-    """A search's parent run and every trial's params, FID/compute histories and p(t) snapshots.
+def search_trials(uri: str, ref: str | None) -> tuple[RunRow, list[TrialRecord]]:
+    """A search's parent run and its trials' params and last metric values, in one listing.
 
-    One ``get_metric_history`` per metric and one download of ``timesteps/`` per run; trials
-    come sorted by trial id (creation order). ``progress(done, total)`` is called once the
-    search is found (done = 0) and after each run.
+    Cheap (no history or artifact is fetched), so a caller can check its options against the
+    searched values before :func:`fetch_histories` spends a few calls per trial. Trials come
+    sorted by trial id (creation order).
     """
     client = _client_for(uri)
     parent = find_search(uri, ref)
@@ -221,26 +322,48 @@ def search_records(
         token = page.token
         if not token:
             break
-    if progress is not None:
-        progress(0, len(runs))
-    records = []
-    with _no_download_bars():
-        for i, run in enumerate(runs):
-            params = run.data.params
-            histories = {key: _history(client, run.info.run_id, key) for key in REPORT_METRICS}
-            records.append(TrialRecord(
-                run_id=run.info.run_id,
-                trial_id=run.data.tags.get(names.TAG_TRIAL_ID) or run.info.run_name or "",
-                status=run.info.status,
-                values={k: parse_param(v)
-                        for k, v in names.strip_prefix(params, names.PARAM_TRIAL).items()},
-                config={k: parse_param(v)
-                        for k, v in names.strip_prefix(params, names.PARAM_CONFIG).items()},
-                fid=histories[names.FID],
-                probe_forwards=histories[names.PROBE_FORWARDS],
-                train_forwards=histories[names.TRAIN_FORWARDS],
-                p_t=_timestep_snapshots(client, run.info.run_id),
-            ))
-            if progress is not None:
-                progress(i + 1, len(runs))
+    records = [TrialRecord(
+        run_id=run.info.run_id,
+        trial_id=run.data.tags.get(names.TAG_TRIAL_ID) or run.info.run_name or "",
+        status=run.info.status,
+        values={k: parse_param(v)
+                for k, v in names.strip_prefix(run.data.params, names.PARAM_TRIAL).items()},
+        config={k: parse_param(v)
+                for k, v in names.strip_prefix(run.data.params, names.PARAM_CONFIG).items()},
+        latest=dict(run.data.metrics),
+    ) for run in runs]
     return parent, sorted(records, key=lambda r: (r.trial_id, r.run_id))
+
+
+def fetch_histories(uri: str, records: list[TrialRecord],
+                    progress: Callable[[int, int], None] | None = None) -> None:
+    """Fill each record's FID/compute histories and p(t) snapshots, in place.
+
+    One ``get_metric_history`` per metric and one download of ``timesteps/`` per run;
+    ``progress(done, total)`` is called after each run.
+    """
+    client = _client_for(uri)
+    with _no_download_bars():
+        for i, record in enumerate(records):
+            histories = {key: _history(client, record.run_id, key) for key in REPORT_METRICS}
+            record.fid = histories[names.FID]
+            record.probe_forwards = histories[names.PROBE_FORWARDS]
+            record.train_forwards = histories[names.TRAIN_FORWARDS]
+            record.p_t = _timestep_snapshots(client, record.run_id)
+            if progress is not None:
+                progress(i + 1, len(records))
+
+
+def search_records(
+    uri: str, ref: str | None, progress: Callable[[int, int], None] | None = None
+) -> tuple[RunRow, list[TrialRecord]]:
+    """A search's parent run and every trial's params, FID/compute histories and p(t) snapshots.
+
+    :func:`search_trials` then :func:`fetch_histories`; ``progress(done, total)`` is called once
+    the search is found (done = 0) and after each run.
+    """
+    parent, records = search_trials(uri, ref)
+    if progress is not None:
+        progress(0, len(records))
+    fetch_histories(uri, records, progress)
+    return parent, records
