@@ -185,13 +185,19 @@ def run_search(
             "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
 
     session = init_ray(address, num_cpus=None)
-    ok = False
+    keep_logs = True  # Ray's logs help with a crash, not with a user error or a success
     try:
         result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say)
-        ok = True
+        keep_logs = False
+    except KeyboardInterrupt:
+        keep_logs = False
+        raise
+    except TsearchError as exc:  # a user error, unless it is Ray's own failure rephrased
+        keep_logs = type(exc.__cause__).__module__.startswith("ray.")
+        raise
     finally:
         if session is not None:  # a local Ray this search started: stop it, drop its files
-            end_session(session, keep_logs=not ok, say=say)
+            end_session(session, keep_logs=keep_logs, say=say)
     result.seconds = time.perf_counter() - start
     return result
 

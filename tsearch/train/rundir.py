@@ -18,7 +18,7 @@ import numpy as np
 
 from tsearch import names
 from tsearch.config import Config, save_resolved
-from tsearch.errors import CheckpointError, ConfigError, TsearchError
+from tsearch.errors import CheckpointError, ConfigError
 from tsearch.tracker import Tracker
 from tsearch.train.state import TrainState
 
@@ -73,7 +73,7 @@ def new_run_dir(cfg: Config) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=False)
     except OSError as exc:
-        raise TsearchError(f"cannot create the run directory {path} ({exc.strerror}); set "
+        raise ConfigError(f"cannot create the run directory {path} ({exc.strerror}); set "
                            "train.out_dir to a writable directory") from None
     return path
 
@@ -104,7 +104,7 @@ class RunRecorder:
             self.dir.path.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, self.dir.config)
         except OSError as exc:
-            raise TsearchError(f"cannot write the run directory {self.dir.path} "
+            raise ConfigError(f"cannot write the run directory {self.dir.path} "
                                f"({exc.strerror}); set train.out_dir to a writable "
                                "directory") from None
         # A resume replays from its checkpoint up to where the crash happened (a trial restarted
