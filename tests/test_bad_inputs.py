@@ -707,8 +707,13 @@ def test_search_error_after_ray_started_is_the_only_line(here):
     """Ray prints nothing of its own before the error (no token-auth warning line)."""
     from cli_harness import run_cli_subprocess
 
-    result = run_cli_subprocess("search", str(SMOKE), "--resume", "--set",
-                                f"search.storage_path={here}/ray", "--set",
-                                f"tracking.uri=sqlite:///{here}/mlflow.db", cwd=here,
-                                env={"TMPDIR": tempfile.mkdtemp(prefix="tsb", dir="/tmp")})
-    assert_one_line(result, "nothing to resume", code=1)
+    tmp = tempfile.mkdtemp(prefix="tsb", dir="/tmp")  # short: Ray's socket paths
+    try:
+        result = run_cli_subprocess("search", str(SMOKE), "--resume", "--set",
+                                    f"search.storage_path={here}/ray", "--set",
+                                    f"tracking.uri=sqlite:///{here}/mlflow.db", cwd=here,
+                                    env={"TMPDIR": tmp})
+        assert_one_line(result, "nothing to resume", code=1)
+        assert not list(Path(tmp, "ray").glob("session_2*"))  # its Ray session is gone
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -132,6 +133,7 @@ def killed_and_resumed(tmp_path_factory):
     yield {"work": work, "exp": exp, "tmp": tmp, "first": first, "before": before,
            "resumed": resumed, "sessions_before": sessions_before}
     subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_resume_after_a_kill_never_reruns_a_finished_trial(killed_and_resumed):

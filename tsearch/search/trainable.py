@@ -56,7 +56,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     cfg = resolve_trial_config(base, config, meta.get("labels", ()))
     trial_path = _storage_trial_dir(ctx)
     run_dir = names.trial_run_dir(trial_path or ctx.get_trial_dir())
-    scratch = Path(tempfile.mkdtemp(prefix=f"tsearch-ckpt-{trial_id}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"tsearch-ckpt-{trial_id}-", dir=_scratch_root()))
     try:
         info = _restore(ctx, tune.get_checkpoint(), scratch)
         if info.get(_FINISHED):
@@ -96,6 +96,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
 
 
 _FINISHED = "finished"  # in TRIAL_INFO: the final report of a trial that trained to the end
+
+
+def _scratch_root() -> str | None:
+    """Ray's session directory on this node: a trial stopped by ASHA is killed before its
+    ``finally`` runs, and the session directory goes when its Ray does."""
+    import ray
+
+    try:
+        root = Path(ray._private.worker._global_node.get_session_dir_path()) / "tsearch-scratch"
+        root.mkdir(exist_ok=True)
+        return str(root)
+    except (AttributeError, OSError):  # a Ray without this private API: the temp directory
+        return None
 
 
 def _storage_trial_dir(ctx: Any) -> Path | None:

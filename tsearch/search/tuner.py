@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
             f"{names.mask_uri(uri)}")
         tuner = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say)
         grid = tuner.fit()
-        _drop_stubs(exp_path)
+        _prune_checkpoints(exp_path, cfg.search.num_to_keep)
         trials = _summaries(grid)
         result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
                               trials=trials, best_config=None, tracking_uri=uri, seconds=0.0,
@@ -294,11 +295,18 @@ def _stub_pruned_checkpoints(exp_path: Path) -> None:
             (trial / f"checkpoint_{i:06d}").mkdir(exist_ok=True)
 
 
-def _drop_stubs(exp_path: Path) -> None:
-    """Remove the empty checkpoint directories :func:`_stub_pruned_checkpoints` made."""
-    for stub in exp_path.glob("*/checkpoint_*"):
-        if stub.is_dir() and not any(stub.iterdir()):
-            stub.rmdir()
+def _prune_checkpoints(exp_path: Path, keep: int) -> None:
+    """Leave each trial its ``keep`` newest checkpoints, and no empty stub.
+
+    Tune prunes as results arrive; a driver killed in between leaves older checkpoints that the
+    resumed driver no longer tracks. Once the search has ended, none of them is needed.
+    """
+    for trial in _trial_dirs(exp_path):
+        found = sorted((p for p in trial.glob("checkpoint_*") if p.is_dir()),
+                       key=lambda p: p.name)
+        full = [p for p in found if any(p.iterdir())]
+        for path in [p for p in found if p not in full] + full[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _trial_dirs(exp_path: Path) -> list[Path]:
