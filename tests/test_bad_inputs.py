@@ -717,3 +717,23 @@ def test_search_error_after_ray_started_is_the_only_line(here):
         assert not list(Path(tmp, "ray").glob("session_2*"))  # its Ray session is gone
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_credentials_are_neither_logged_nor_exported(tmp_path):
+    """A trial logs its whole config as params, and a search exports its best config."""
+    import json
+
+    from tsearch.search.tuner import _masked
+    from tsearch.tracker import NullTracker
+    from tsearch.train import train
+
+    uri = "http://alice:s3cret@10.9.8.7:5000"
+    cfg = load_config(SMOKE, [f"train.out_dir={tmp_path}/runs", f"tracking.uri={uri}",
+                              "train.total_kimg=0.032", "eval.every_kimg=0.032"])
+    tracker = NullTracker()
+    train(cfg, tracker=tracker, evaluate=False)
+    assert tracker.params["config.tracking.uri"] == "http://alice:***@10.9.8.7:5000"
+    assert "s3cret" not in json.dumps(tracker.artifacts["config.json"] | tracker.params)
+    exported = _masked(cfg.to_dict())
+    assert exported["tracking"]["uri"] == "http://alice:***@10.9.8.7:5000"
+    assert cfg.tracking.uri == uri  # the run itself still connects with them
