@@ -175,16 +175,28 @@ class TimestepsConfig(_Section):
 
 
 class MomentumDecayConfig(_Section):
-    """Decay of Adam's beta1 over training (CLTS paper's momentum decay; ALGORITHMS 3.3)."""
+    """Decay of Adam's beta1 over training (CLTS paper's momentum decay; ALGORITHMS 3.3).
+
+    Formulas in ``tsearch.train.optim``; beta_0 is ``optim.beta1``.
+    """
 
     enabled: bool = False
-    end: float = Field(0.5, ge=0.0, lt=1.0)  # beta1 reached at the end of the decay
-    kimg: Kimg = Field(10.0, gt=0.0)  # length of the decay in kimg; beta1 stays at `end` after
-    shape: Literal["linear", "exponential"] = "linear"
-    lr_compensation: Literal["none", "heavy_ball"] = "none"  # lr * (1-b1_t)/(1-b1_0)
+    # beta1 reached at the end of the decay (linear, exponential); demon ignores it and ends at 0.
+    end: float = Field(0.5, ge=0.0, lt=1.0)
+    kimg: Kimg = Field(10.0, gt=0.0)  # length of the decay in kimg; beta1 stays at its end after
+    # linear: beta_0 -> end; exponential: 1-beta1 geometric from 1-beta_0 to 1-end;
+    # demon: beta_0 (1-tau) / ((1-beta_0) + beta_0 (1-tau)), tau = progress through the decay.
+    shape: Literal["linear", "exponential", "demon"] = "linear"
+    # none; adam: lr (1-beta_0)/(1-beta1_t), keeps lr (1-beta1) constant (lowers lr);
+    # heavy_ball: lr (1-beta1_t)/(1-beta_0), SGD-style momentum only (refused for Adam/AdamW).
+    lr_compensation: Literal["none", "adam", "heavy_ball"] = "none"
 
 
 class OptimConfig(_Section):
+    # Optimizers whose momentum is an EMA, m = beta1 m + (1 - beta1) g: heavy-ball compensation
+    # (lr / (1 - beta1) constant) assumes un-normalised momentum and would raise their step.
+    NORMALISED_MOMENTUM: ClassVar[tuple[str, ...]] = ("adam", "adamw")
+
     name: Literal["adamw", "adam"] = "adamw"
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
@@ -194,6 +206,17 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0.0)  # max global grad norm; null disables
     warmup_kimg: Kimg = Field(0.0, ge=0.0)  # linear learning-rate warm-up
     momentum_decay: MomentumDecayConfig = MomentumDecayConfig()
+
+    @model_validator(mode="after")
+    def _compensation_fits_optimizer(self) -> OptimConfig:
+        compensation = self.momentum_decay.lr_compensation
+        if compensation == "heavy_ball" and self.name in self.NORMALISED_MOMENTUM:
+            raise ValueError(
+                "optim.momentum_decay.lr_compensation='heavy_ball' keeps lr/(1-beta1) constant, "
+                f"which fits SGD-style momentum only: with optim.name={self.name!r} it raises the "
+                "step as beta1 decays; use 'adam' (lr (1-beta1_0)/(1-beta1_t)) or 'none'"
+            )
+        return self
 
 
 class TrainConfig(_Section):
