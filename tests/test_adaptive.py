@@ -99,12 +99,13 @@ def test_probe_layout_scan_then_reward_rows():
     c = ctx(0, n=8)
     sampler.sample(8, c)
     spec = sampler.probe_request(c)
-    assert spec.kind == "delta" and spec.loss == "vlb" and spec.common_noise
+    assert spec.kind == "delta" and spec.loss == "vlb" and not spec.common_noise  # reference
     assert len(spec.t) == 2 * 10 + 5 * 3
     assert spec.t[:10].tolist() == list(range(0, 1000, 100))
     assert spec.t[20:].tolist() == [0, 100, 200] * 5  # initial S: the first grid points
     assert spec.image_index[20:].tolist() == sum(([i] * 3 for i in range(5)), [])
-    assert AdaptiveParams(faithful=True).common_noise is False
+    with pytest.raises(ValueError, match="explicit switches"):
+        AdaptiveParams(faithful=True)
 
 
 def test_f_test_matches_sklearn_and_picks_informative_timesteps():
@@ -183,3 +184,81 @@ def test_trains_single_process_through_the_real_trainer(tmp_path):
     assert all(math.isfinite(v) for _, v in hist["sampler/policy_loss"])
     pt = np.load(result.run_dir / "timesteps.npz")["probs"]
     assert pt.shape[1] == 1000 and np.allclose(pt.sum(1), 1.0)
+
+
+def test_defaults_are_the_reference_algorithm():
+    p = AdaptiveParams()
+    assert (p.entropy_form, p.common_noise, p.scan_stride, p.baseline, p.normalize_reward,
+            p.policy) == ("reference", False, 1, False, False, "cnn")
+    assert (p.queue_size, p.num_features, p.update_every, p.lr, p.entropy_coef,
+            p.grad_clip, p.init_bias, p.loss) == (20, 3, 40, 1e-2, 1e-2, 1.0, 0.5, "vlb")
+    assert len(AdaptiveSampler(SCHED, p).tau_grid) == 1000  # the full-T scan
+
+
+def _reference_update(policy: torch.nn.Module, x0, u, reward, c=1e-2, lr=1e-2, clip=1.0):
+    """ALGORITHMS.md 1.4, written out: L = -mean_b[log pi(u_b|x0_b) (r_b + c H_b)], H not
+    detached; clip_grad_norm 1.0; Adam(lr 1e-2, betas (0.9, 0.999)), one step."""
+    opt = torch.optim.Adam(policy.parameters(), lr=lr, betas=(0.9, 0.999))
+    ab = torch.nn.functional.softplus(policy.head.linear(policy.mlp(policy.features(x0))))
+    alpha, beta = ab[:, 0] + 1e-5, ab[:, 1] + 1e-5
+    dist = torch.distributions.Beta(alpha, beta)
+    loss = -(dist.log_prob(u) * (reward.detach() + c * dist.entropy())).mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+    opt.step()
+
+
+@pytest.mark.parametrize("form,equal", [("reference", True), ("bonus", False)])
+def test_default_update_equals_the_reference_formula(form, equal):
+    """One policy update at the defaults against the formula written out above."""
+    import copy
+
+    sampler = AdaptiveSampler(SCHED, AdaptiveParams(entropy_form=form), seed=7)
+    gen = torch.Generator().manual_seed(11)
+    c = ctx(0, n=16, gen=gen)
+    draw = sampler.sample(16, c)
+    # A trained-looking policy (not the symmetric init), so every term of the loss matters.
+    with torch.no_grad():
+        sampler.policy.head.linear.weight.normal_(0.0, 0.05, generator=gen)
+    reference = copy.deepcopy(sampler.policy)
+    u = sampler._pending["u"]
+    assert torch.equal(torch.round(u * 999).long(), draw.t)
+    reward = torch.randn(16, generator=gen) * 1e-3
+    sampler._update_policy(c.x0, u, reward)
+    _reference_update(reference, c.x0, u, reward)
+    got = torch.cat([p.flatten() for p in sampler.policy.parameters()])
+    want = torch.cat([p.flatten() for p in reference.parameters()])
+    assert torch.allclose(got, want, atol=1e-6, rtol=0) is equal, (got - want).abs().max()
+
+
+def test_reference_entropy_term_lets_the_policy_move():
+    """Rewards of the size VLB improvements have (1e-4 bits/dim) that favour t < 300: the
+    reference form moves p(t) away from uniform; the detached bonus, ~300x stronger near
+    uniform, keeps it there (ALGORITHMS.md Decisions)."""
+    moved = {}
+    for form in ("reference", "bonus"):
+        sampler = AdaptiveSampler(SCHED, AdaptiveParams(policy="unconditional", update_every=1,
+                                                        scan_stride=100, entropy_form=form),
+                                  seed=0)
+        gen = torch.Generator().manual_seed(5)
+        for step in range(20):
+            c = ctx(step, gen=gen)
+            draw = sampler.sample(32, c)
+            sampler.probe_request(c)
+            reward = 1e-4 * (draw.t < 300).float()
+            sampler._update_policy(c.x0, sampler._pending["u"], reward)
+            sampler._pending = None
+        moved[form] = sampler.metrics()["sampler/tv_uniform"]
+    assert moved["reference"] > 10 * moved["bonus"], moved
+
+
+def test_update_metrics_report_movement_and_reward():
+    sampler = AdaptiveSampler(SCHED, AdaptiveParams(update_every=1, scan_stride=100,
+                                                    policy="unconditional"), seed=0)
+    drive(sampler, 6)
+    m = sampler.metrics()
+    assert m["sampler/updates_in_interval"] == 6
+    assert 0.0 < m["sampler/tv_step"] < 1.0 and 0.0 <= m["sampler/tv_uniform"] < 1.0
+    assert m["sampler/reward"] > 0 and m["sampler/reward_std"] > 0
+    assert "sampler/tv_step" not in sampler.metrics()  # reported once per interval

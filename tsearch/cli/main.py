@@ -467,6 +467,9 @@ def timesteps_show(
     given = cfg.to_dict()["timesteps"]["sampler"]["params"]
     typer.echo(f"sampler {name} {given or ''} on {schedule} "
                f"(T={num_timesteps}), unbiased={sampler.unbiased}")
+    if getattr(sampler, "learned", False):
+        typer.echo(f"  note: {name} learns p(t) while training; what follows is its initial "
+                   "p(t), before any update (a run's p_t_heatmap.png shows how it changed)")
     for label, p in profs.items():
         d = describe(p)
         quarters = " ".join(f"{d[f'mass_q{i}']:.3f}" for i in range(1, 5))

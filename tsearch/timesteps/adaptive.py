@@ -9,11 +9,13 @@ the trainer, through one probe, for losses before and after the optimizer step:
   ``f_regression``) selects the |S| timesteps that best explain the total improvement;
 - the improvement at the selected S on every image of the batch: the per-sample reward.
 
-Exact behaviour of the official code and its quirks: ALGORITHMS.md section 1. Deliberate
-deviations, each a switch: ``common_noise`` (same noise before and after: common random numbers),
-``baseline`` (batch-mean reward baseline), ``policy: unconditional``, a strided scan, and a
-detached entropy bonus. ``faithful: true`` restores fresh noise per evaluation and the upstream
-undetached entropy term inside the reward.
+The defaults are the reference algorithm as the official ``Trainer.step`` runs it (ALGORITHMS.md
+Decisions and 1.4): fresh noise for every before/after evaluation, the entropy added to the
+reward inside the REINFORCE weight and not detached, L = -mean[log pi (r + c H)], the full-T scan.
+Each deviation is a separate, searchable switch recorded with the run: ``common_noise`` (same
+noise before and after: common random numbers), ``entropy_form: bonus`` (a detached entropy
+bonus, L = -mean[log pi r] - c mean H, about 300x stronger near uniform), ``baseline``,
+``normalize_reward``, ``policy: unconditional``, and ``scan_stride`` > 1 (a cheaper scan).
 """
 
 from __future__ import annotations
@@ -47,26 +49,32 @@ class AdaptiveParams(Params):
     update_every: int = Field(40, ge=1, le=1_000_000)  # f_S: steps between probes / policy updates
     lr: float = Field(1e-2, gt=0.0, le=1.0)  # the policy's own Adam learning rate
     entropy_coef: float = Field(1e-2, ge=0.0, le=100.0)
+    # reference: L = -mean[log pi (r + c H)], H not detached (Trainer.step); bonus: a detached
+    # entropy bonus L = -mean[log pi r] - c mean H, which near uniform outweighs rewards in
+    # bits/dim and keeps the policy uniform.
+    entropy_form: Literal["reference", "bonus"] = "reference"
     grad_clip: float = Field(1.0, gt=0.0, le=1e6)
     hidden: int = Field(256, ge=8, le=4096)  # MLP width of the policy
     depth: int = Field(2, ge=1, le=8)  # MLP hidden layers (ATS hidden_depth)
     # Head bias: Beta(softplus(b), softplus(b)) ~ uniform at init.
     init_bias: float = Field(0.5, ge=-100.0, le=100.0)
     scan_images: int = Field(1, ge=1, le=64)  # images in the all-timestep scan
-    scan_stride: int = Field(10, ge=1, le=100_000)  # 1 = every timestep (faithful, ~4x probes)
+    scan_stride: int = Field(1, ge=1, le=100_000)  # 1: every timestep (reference); 10: ~1/10 cost
     reward_images: int | None = Field(None, ge=1, le=65536)  # None: every image of the batch
     loss: Literal["vlb", "mse"] = "vlb"  # look-ahead loss: VLB term in bits/dim as ATS
-    common_noise: bool = True  # same images and noise before and after the update
+    common_noise: bool = False  # True: same images and noise before and after the update
     baseline: bool = False  # subtract the batch-mean reward (variance reduction)
     normalize_reward: bool = False  # divide by the batch std: makes entropy_coef scale-free
-    faithful: bool = False  # upstream quirks: fresh noise, undetached entropy in the reward
 
-    @model_validator(mode="after")
-    def _faithful_noise(self) -> AdaptiveParams:
-        if self.faithful and self.common_noise:
-            # Fresh noise per evaluation is one of the quirks `faithful` reproduces.
-            object.__setattr__(self, "common_noise", False)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_umbrella(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "faithful" in data:
+            raise ValueError(
+                "faithful was replaced by explicit switches and the reference algorithm is now "
+                "the default; remove it (the old `faithful: false` behaviour is common_noise: "
+                "true, entropy_form: bonus, scan_stride: 10)")
+        return data
 
 
 def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -162,6 +170,7 @@ class AdaptiveSampler(TimestepSampler):
     """Learned non-uniform timestep sampler (ALGORITHMS.md 1); changes the objective (no IS)."""
 
     name = "adaptive"
+    learned = True  # p(t) before training is only the initial policy
     Params = AdaptiveParams
     unbiased = False
 
@@ -179,6 +188,7 @@ class AdaptiveSampler(TimestepSampler):
         self._last_ab: tuple[np.ndarray, np.ndarray] | None = None
         self.updates = 0
         self._stats: dict[str, float] = {}
+        self._recent: list[tuple[float, float, float]] = []  # (tv_step, reward mean, std)
 
     # --- policy -----------------------------------------------------------------------------
     def _build_policy(self, in_channels: int, device: torch.device) -> None:
@@ -276,13 +286,12 @@ class AdaptiveSampler(TimestepSampler):
         logp = dist.log_prob(u.to(device))
         ent = dist.entropy()
         reward = reward.to(device)
-        if p.faithful:
-            # Upstream: entropy added to the (detached) reward without detaching it.
-            loss = -(logp * (reward + p.entropy_coef * ent)).mean()
+        adv = reward - reward.mean() if p.baseline else reward
+        if p.normalize_reward and len(reward) > 1:
+            adv = adv / (reward.std() + 1e-12)
+        if p.entropy_form == "reference":
+            loss = -(logp * (adv + p.entropy_coef * ent)).mean()
         else:
-            adv = reward - reward.mean() if p.baseline else reward
-            if p.normalize_reward:
-                adv = adv / (reward.std() + 1e-12) if len(reward) > 1 else adv
             loss = -(logp * adv).mean() - p.entropy_coef * ent.mean()
         if not torch.isfinite(loss):
             return
@@ -291,10 +300,21 @@ class AdaptiveSampler(TimestepSampler):
         nn.utils.clip_grad_norm_(policy.parameters(), p.grad_clip)
         self.optimizer.step()
         self.updates += 1
+        # How far this update moved p(t) on these images, and how far p(t) is from uniform.
+        with torch.no_grad():
+            new_alpha, new_beta = policy(x0)
+        T = self.num_timesteps
+        before = discretised_beta(alpha.detach().double().cpu().numpy(),
+                                  beta.detach().double().cpu().numpy(), T)
+        after = discretised_beta(new_alpha.double().cpu().numpy(),
+                                 new_beta.double().cpu().numpy(), T)
+        self._recent.append((0.5 * float(np.abs(after - before).sum()),
+                             float(reward.mean()), float(reward.std()) if len(reward) > 1
+                             else 0.0))
         self._stats = {
             "sampler/policy_loss": float(loss.detach()),
-            "sampler/reward": float(reward.mean()),
             "sampler/policy_entropy": float(ent.detach().mean()),
+            "sampler/tv_uniform": 0.5 * float(np.abs(after - 1.0 / T).sum()),
         }
 
     def probs(self) -> torch.Tensor:
@@ -315,6 +335,12 @@ class AdaptiveSampler(TimestepSampler):
         for i, s in enumerate(self.selected.tolist()):
             out[f"sampler/S_{i}"] = float(s)
         out.update(self._stats)
+        if self._recent:  # means over the updates since the last call (one log interval)
+            tv_step, mean, std = (float(np.mean(v)) for v in zip(*self._recent, strict=True))
+            out.update({"sampler/tv_step": tv_step, "sampler/reward": mean,
+                        "sampler/reward_std": std,
+                        "sampler/updates_in_interval": float(len(self._recent))})
+            self._recent = []
         return out
 
     def state_dict(self) -> dict[str, Any]:
