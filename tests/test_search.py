@@ -226,6 +226,7 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
     ("cifar10-paper", 48, "timesteps.sampler.name: choice"),
     ("quickstart", 10, "timesteps.sampler.name: choice"),
     ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
+    ("replicate-adaptive", 33, "adaptive+bonus: timesteps.sampler.name=adaptive"),
 ])
 def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials, needle):
     proc = tsearch("search", str(ROOT / "experiments" / f"{name}.yaml"), "--dry-run",
