@@ -48,11 +48,21 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=40, help="steps per timed interval")
     ap.add_argument("--intervals", type=int, default=2, help="timed intervals per run")
     ap.add_argument("--samplers", nargs="*", default=sorted(SAMPLERS))
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="extra rows LABEL=SAMPLER[:k=v,...] (sampler params), e.g. "
+                    "adaptive-stride10=adaptive:scan_stride=10")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. for settings")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                          "sampler_overhead.json"))
     args = ap.parse_args()
-    names = ["uniform"] + [n for n in args.samplers if n != "uniform"]
+    runs = {n: [f"timesteps.sampler.name={n}"] for n in args.samplers}
+    for spec in args.variants:  # LABEL=SAMPLER[:k=v,...]
+        label, _, rest = spec.partition("=")
+        sampler, _, params = rest.partition(":")
+        runs[label] = [f"timesteps.sampler.name={sampler}"] + [
+            f"timesteps.sampler.params.{kv}" for kv in params.split(",") if kv]
+    runs.setdefault("uniform", ["timesteps.sampler.name=uniform"])
+    names = ["uniform"] + [n for n in runs if n != "uniform"]
     batch = 64
     steps = args.interval * (args.intervals + 1)
     rates: dict[str, list[float]] = {n: [] for n in names}
@@ -67,7 +77,7 @@ def main() -> None:
                     f"train.batch_size={batch}",
                     f"train.log_every_kimg={args.interval * batch / 1000}",
                     f"train.total_kimg={steps * batch / 1000 + 1}", "eval.every_kimg=1000",
-                    "tracking.backend=none", f"timesteps.sampler.name={name}", *args.set,
+                    "tracking.backend=none", *runs[name], *args.set,
                 ])
                 rate, probe = images_per_s(cfg, steps)
                 rates[name].append(rate)
