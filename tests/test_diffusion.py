@@ -62,6 +62,49 @@ def test_per_sample_losses_closed_form():
                                                         math.log(2), dtype=torch.float32))
 
 
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+@pytest.mark.parametrize("name", ["linear", "quad"])
+def test_vlb_bpd_matches_the_reference_gaussian_kl_at_every_t(name, variance):
+    """per_sample_vlb_bpd = ATS ``compute_kl_divergence``: normal_kl(q posterior, p), t = 0 too.
+
+    The reference, in float64: posterior log variance clipped at t = 0 to log beta~_1; model log
+    variance log(append(beta~_1, betas[1:])) (fixed-large) or the clipped posterior one
+    (fixed-small); model mean = posterior mean at the predicted x0 (no clipping).
+    """
+    sched = NoiseSchedule.create(name, variance=variance)
+    b = torch.as_tensor(sched.betas)
+    ab = torch.cumprod(1 - b, 0)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    post = b * (1 - ab_prev) / (1 - ab)
+    post_logvar = torch.log(torch.cat([post[1:2], post[1:]]))
+    model_logvar = (torch.log(torch.cat([post[1:2], b[1:]])) if variance == "fixed_large"
+                    else post_logvar)
+    g = torch.Generator().manual_seed(5)
+    t = torch.tensor([0, 0, 1, 10, 100, 999])
+    x0 = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    eps_hat = eps + 0.3 * torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
+
+    def view(v):
+        return v[t].view(-1, 1, 1, 1)
+
+    x_t = view(ab).sqrt() * x0 + (1 - view(ab)).sqrt() * eps
+    coef1 = view(b) * view(ab_prev).sqrt() / (1 - view(ab))
+    coef2 = (1 - view(b)).sqrt() * (1 - view(ab_prev)) / (1 - view(ab))
+    pred_x0 = (x_t - (1 - view(ab)).sqrt() * eps_hat) / view(ab).sqrt()
+    m1, m2 = coef1 * x0 + coef2 * x_t, coef1 * pred_x0 + coef2 * x_t
+    lv1, lv2 = view(post_logvar), view(model_logvar)
+    kl = 0.5 * (-1.0 + lv2 - lv1 + torch.exp(lv1 - lv2) + (m1 - m2) ** 2 * torch.exp(-lv2))
+    reference = kl.flatten(1).mean(1) / math.log(2)
+
+    ours = per_sample_vlb_bpd(Oracle(eps_hat.float()), sched, x0.float(), t, eps.float())
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-6)
+    # t = 0: no constant, c_0 = beta_0 / (2 beta~_1 alpha_0) on the eps-MSE.
+    mse0 = ((eps_hat - eps) ** 2).flatten(1).mean(1)[:2]
+    c0 = float(b[0] / (2 * post[1] * (1 - b[0])))
+    torch.testing.assert_close(ours[:2].double(), c0 * mse0 / math.log(2), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("arch", ["unet", "dit"])
 def test_models_build_and_predict_input_shape(arch):
     cfg = ModelConfig(arch=arch, channels=(8, 16), attention=(False, True), norm_groups=4,

@@ -51,12 +51,29 @@ def test_vlb_weight_matches_table(key):
     np.testing.assert_allclose(got, C_T[key], rtol=0.02)
 
 
-def test_vlb_weight_at_zero_fixed_large_is_half():
-    s = NoiseSchedule.create("linear")
-    assert s.vlb_weight[0] == pytest.approx(0.5, abs=1e-3)
+@pytest.mark.parametrize("name,c0", [("linear", 0.917), ("quad", 0.987)])
+def test_vlb_weight_at_zero_uses_the_reference_variance(name, c0):
+    """sigma_0^2 = beta~_1 under both variances (improved-diffusion, ATS): c_0 = b0/(2 b~_1 a0)."""
+    s = NoiseSchedule.create(name)
+    b = s.betas
+    ab = np.cumprod(1 - b)
+    post_1 = b[1] * (1 - ab[0]) / (1 - ab[1])  # beta~_1
+    expected = b[0] / (2 * post_1 * (1 - b[0]))
+    assert expected == pytest.approx(c0, abs=5e-4)  # ALGORITHMS.md 0.2, last paragraph
+    assert s.model_variance[0] == pytest.approx(post_1, rel=1e-12)
+    assert s.vlb_weight[0] == pytest.approx(expected, rel=1e-12)
+    assert s.vlb_constant[0] == 0.0  # sigma_0^2 equals the clipped beta~_0
+    # t >= 1 unchanged: sigma_t^2 = beta_t, so c_t = beta_t / (2 alpha_t (1 - abar_t)).
+    np.testing.assert_allclose(s.model_variance[1:], b[1:], rtol=0)
+    np.testing.assert_allclose(s.vlb_weight[1:], b[1:] / (2 * (1 - b[1:]) * (1 - ab[1:])),
+                               rtol=1e-12)
     assert s.vlb_constant[1:].min() >= 0  # KL constants are non-negative
     assert np.all(np.isfinite(s.vlb_constant))
-    small = NoiseSchedule.create("linear", variance="fixed_small")
+    # Fixed-small: beta~_0 = 0 clipped to beta~_1 (as before), the same c_0, constants all 0.
+    small = NoiseSchedule.create(name, variance="fixed_small")
+    assert small.model_variance[0] == pytest.approx(post_1, rel=1e-12)
+    assert small.vlb_weight[0] == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(small.model_variance[1:], small.posterior_variance[1:], rtol=0)
     np.testing.assert_allclose(small.vlb_constant, 0.0, atol=1e-12)
 
 

@@ -104,10 +104,10 @@ def test_vlb_weight_is_c_t():
         b, a, ab = s.betas, 1 - s.betas, np.cumprod(1 - s.betas)
         ab_prev = np.append(1.0, ab[:-1])
         if variance == "fixed_large":
-            var = b
+            var = b.copy()
         else:
             var = b * (1 - ab_prev) / (1 - ab)
-            var[0] = var[1]
+        var[0] = b[1] * (1 - ab[0]) / (1 - ab[1])  # sigma_0^2 = beta~_1 (reference convention)
         c = b**2 / (2 * var * a * (1 - ab))  # ALGORITHMS 0.2
         raw = VLBWeighting(s, VLBWeighting.Params(normalize=False)).table()
         np.testing.assert_allclose(raw, c, rtol=1e-10)
@@ -119,7 +119,17 @@ def test_vlb_weight_is_c_t():
                 999: 0.0102}
     for t, value in expected.items():
         assert raw[t] == pytest.approx(value, rel=0.02), t
-    assert raw[0] == pytest.approx(0.5, rel=1e-3)
+    # w(0) follows c_0 = beta_0 / (2 beta~_1 alpha_0) = 0.917 (linear), 0.987 (quad).
+    for name, c0 in (("linear", 0.917), ("quad", 0.987)):
+        s = NoiseSchedule.create(name)
+        b = s.betas
+        c0_formula = b[0] / (2 * s.posterior_variance[1] * (1 - b[0]))
+        assert c0_formula == pytest.approx(c0, abs=5e-4)
+        raw = VLBWeighting(s, VLBWeighting.Params(normalize=False))
+        assert raw.table()[0] == pytest.approx(c0_formula, rel=1e-12)
+        assert float(raw.weights(torch.tensor([0]))) == pytest.approx(c0_formula, rel=1e-6)
+        norm = VLBWeighting(s).table()
+        assert norm[0] == pytest.approx(c0_formula / s.vlb_weight.mean(), rel=1e-12)
 
 
 def test_speed_weighting():
@@ -304,6 +314,114 @@ def test_lsm_repeated_timesteps_in_one_batch_and_non_finite():
     feed(s, [1, 1], [10, 10])
     w[1] = np.sqrt((36 + 100 + 100) / 3)
     np.testing.assert_allclose(s.probs().numpy(), 0.999 * w / w.sum() + 0.001 / T, rtol=1e-6)
+
+
+def weighted_ctx(weighting, n: int = 8) -> StepContext:
+    return StepContext(step=0, kimg=0.0, progress=0.0, lr=1e-3, x0=torch.zeros(n, 1, 8, 8),
+                       weighting=weighting)
+
+
+def test_step_context_loss_weight():
+    t = torch.tensor([0, 7, 999])
+    torch.testing.assert_close(ctx().loss_weight(t), torch.ones(3))
+    vlb = VLBWeighting(LINEAR)
+    torch.testing.assert_close(weighted_ctx(vlb).loss_weight(t), vlb.weights(t))
+
+
+def test_lsm_stores_the_weighted_loss_exactly():
+    T = 10
+    sched = NoiseSchedule.create("linear", num_timesteps=T)
+    p2 = P2Weighting(sched)
+    losses = np.linspace(0.5, 2.0, T)
+    weighted = LossSecondMomentSampler(sched, LossSecondMomentSampler.Params(history=1))
+    unweighted = LossSecondMomentSampler(
+        sched, LossSecondMomentSampler.Params(history=1, observe="unweighted"))
+    for s in (weighted, unweighted):
+        s.observe(Draw(t=torch.arange(T), importance_weight=torch.ones(T)),
+                  torch.as_tensor(losses, dtype=torch.float32), weighted_ctx(p2))
+    w = p2.weights(torch.arange(T)).double().numpy() * losses.astype(np.float32)
+    np.testing.assert_allclose(weighted.probs().numpy(), 0.999 * w / w.sum() + 0.001 / T,
+                               rtol=1e-10)
+    u = losses.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(unweighted.probs().numpy(), 0.999 * u / u.sum() + 0.001 / T,
+                               rtol=1e-10)
+
+
+def test_lsm_with_vlb_weighting_converges_to_sqrt_weighted_second_moment():
+    """Driven with its own draws: p_t -> (1 - u) s_t / sum s + u / T, s_t = sqrt(E[(w_t L_t)^2]).
+
+    Known per-t law: L_t = m_t U_t with m_t = 2 - t/T; U_t = 1 for odd t and {0.2, 1.8} with
+    probability 1/2 each for even t, so E[L_t] = m_t but E[L_t^2] = 1.64 m_t^2 on even t (a 28%
+    gap between sqrt(E L^2) and E L). uniform_prob = 0.2 so the mixing term is large.
+    """
+    T, H, n, u = 50, 1000, 5000, 0.2
+    sched = NoiseSchedule.create("linear", num_timesteps=T)
+    vlb = VLBWeighting(sched)  # normalised c_t: 3.05 at t = 0 down to 0.55
+    c = weighted_ctx(vlb, n)
+    tt = torch.arange(T)
+    m = 2.0 - tt.double() / T
+    second = torch.where(tt % 2 == 0, 0.5 * (0.2**2 + 1.8**2), 1.0)  # E[U_t^2]
+    w = vlb.weights(tt).double()
+    uniform = torch.full((T,), 1 / T, dtype=torch.float64)
+
+    def expected(scale: torch.Tensor) -> torch.Tensor:
+        return (1 - u) * scale / scale.sum() + u / T
+
+    def drive(s: LossSecondMomentSampler, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        steps = 0
+        while not s.warmed_up():  # uniform draws until every t holds H losses
+            torch.testing.assert_close(s.probs(), uniform)
+            draw = s.sample(n, c)
+            coin = torch.rand(n, generator=gen) < 0.5
+            noise = torch.where(draw.t % 2 == 0, torch.where(coin, 0.2, 1.8), 1.0)
+            s.observe(draw, (m[draw.t] * noise).float(), c)
+            steps += 1
+        for _ in range(20):  # then its own non-uniform draws refresh the FIFOs
+            draw = s.sample(n, c)
+            coin = torch.rand(n, generator=gen) < 0.5
+            noise = torch.where(draw.t % 2 == 0, torch.where(coin, 0.2, 1.8), 1.0)
+            s.observe(draw, (m[draw.t] * noise).float(), c)
+        assert steps >= T * H // n
+
+    params = dict(history=H, uniform_prob=u)
+    weighted = LossSecondMomentSampler(sched, LossSecondMomentSampler.Params(**params), seed=1)
+    drive(weighted, seed=2)
+    p_weighted = expected(w * m * second.sqrt())
+    # Tolerance: about 3 standard errors of sqrt(mean of H = 1000 draws of U^2) on even t.
+    torch.testing.assert_close(weighted.probs(), p_weighted, rtol=0.05, atol=0)
+
+    plain = LossSecondMomentSampler(
+        sched, LossSecondMomentSampler.Params(**params, observe="unweighted"), seed=1)
+    drive(plain, seed=2)
+    p_plain = expected(m * second.sqrt())
+    torch.testing.assert_close(plain.probs(), p_plain, rtol=0.05, atol=0)
+    # The two targets are far apart (w spans 0.55..3.05), and neither is sqrt-free E[L].
+    assert float((p_weighted / p_plain).max() / (p_weighted / p_plain).min()) > 4
+    assert float((expected(w * m) / p_weighted - 1).abs().max()) > 0.1
+
+
+def test_gradvar_scales_probed_norms_by_the_squared_weight():
+    T, bins = 100, 4
+    sched = NoiseSchedule.create("linear", num_timesteps=T)
+    vlb = VLBWeighting(sched)
+    results = {}
+    for mode in ("weighted", "unweighted"):
+        s = GradVarSampler(sched, GradVarSampler.Params(bins=bins, probe_every=1,
+                                                        rows_per_probe=8, observe=mode), seed=4)
+        c = weighted_ctx(vlb, 16)
+        spec = s.probe_request(c)
+        g = 1.0 + spec.t.float()
+        s.observe_probe(ProbeResult(spec=spec, before=torch.zeros(8), grad_sq_norm=g), c)
+        gw = g.double() * (vlb.weights(spec.t).double() ** 2 if mode == "weighted" else 1.0)
+        b = spec.t * bins // T
+        mean = torch.bincount(b, weights=gw, minlength=bins) / torch.bincount(b, minlength=bins)
+        torch.testing.assert_close(s.state_dict()["ema"], mean, rtol=1e-12, atol=0)
+        rms = mean.sqrt()
+        torch.testing.assert_close(s.probs().view(bins, T // bins).sum(1),
+                                   0.9 * rms / rms.sum() + 0.1 * (T // bins) / T)
+        results[mode] = s.probs()
+    assert not torch.allclose(results["weighted"], results["unweighted"])
 
 
 def test_occurrence_rank():

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tsearch.config import load_config
+from tsearch.diffusion.schedule import NoiseSchedule
+from tsearch.timesteps import Draw, StepContext
+from tsearch.timesteps.importance import LossSecondMomentSampler
+from tsearch.timesteps.weighting import VLBWeighting
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 
@@ -49,3 +54,50 @@ def test_sampler_trains(tmp_path, name):
 @pytest.mark.parametrize("name", ["vlb", "p2", "min_snr", "speed"])
 def test_weighting_trains(tmp_path, name):
     run(tmp_path, f"timesteps.weighting.name={name}")
+
+
+def test_lsm_with_vlb_learns_from_the_weighted_loss(tmp_path):
+    """A real run: the trainer hands lsm the weighting; its FIFOs hold w(t) times the losses."""
+
+    class Recording(LossSecondMomentSampler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen = []
+
+        def observe(self, draw, losses, ctx):
+            self.seen.append((draw.t.clone(), losses.clone(), ctx.weighting))
+            super().observe(draw, losses, ctx)
+
+    T = 50  # 20 steps of 32 fill every t's history of 1, so p(t) leaves uniform mid-run
+    cfg = load_config(SMOKE, [f"train.out_dir={tmp_path}/runs", f"eval.cache_dir={tmp_path}/c",
+                              f"diffusion.num_timesteps={T}", "timesteps.sampler.name=lsm",
+                              "timesteps.sampler.params.history=1",
+                              "timesteps.weighting.name=vlb", "train.total_kimg=0.64"])
+    schedule = NoiseSchedule.create("linear", T)
+    params = LossSecondMomentSampler.Params(history=1)
+    sampler = Recording(schedule, params, seed=0)
+    result = train(cfg, tracker=NullTracker(), sampler=sampler, evaluate=False, max_steps=STEPS)
+    assert result.steps == STEPS and len(sampler.seen) == STEPS
+    assert sampler.warmed_up()
+    p = sampler.probs()
+    assert bool(torch.isfinite(p).all()) and float(p.max() / p.min()) > 2
+    weighting = sampler.seen[0][2]
+    assert isinstance(weighting, VLBWeighting)
+    # Replaying the unweighted losses times w(t) into a plain FIFO gives the same state.
+    replay = LossSecondMomentSampler(schedule, params, seed=0)
+    unweighted = LossSecondMomentSampler(schedule, params, seed=0)
+    bare = StepContext(step=0, kimg=0.0, progress=0.0)
+    for t, losses, w in sampler.seen:
+        assert w is weighting
+        draw = Draw(t=t, importance_weight=torch.ones(len(t)))
+        replay.observe(draw, (losses.double() * weighting.weights(t).double()), bare)
+        unweighted.observe(draw, losses, bare)
+    torch.testing.assert_close(sampler.state_dict()["history"], replay.state_dict()["history"],
+                               rtol=1e-12, atol=0)
+    assert not torch.allclose(sampler.probs(), unweighted.probs())
+
+
+def test_gradvar_trains_with_a_weighting(tmp_path):
+    tracker = run(tmp_path, "timesteps.sampler.name=gradvar",
+                  "timesteps.sampler.params.probe_every=5", "timesteps.weighting.name=vlb")
+    assert tracker.history["sampler/bins_measured"][-1][1] == 1.0

@@ -1,7 +1,8 @@
 """Forward process and per-sample training losses.
 
-The trainer works with *per-sample* losses [n] so that samplers see unweighted values and the
-weighting and importance factors are applied in exactly one place (train/loop.py).
+The trainer works with *per-sample* losses [n] so that the weighting and importance factors are
+applied in exactly one place (train/loop.py); loss-aware samplers apply the weighting themselves
+through ``StepContext.weighting`` when they want the optimised loss.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def per_sample_vlb_bpd(
     """The VLB term KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) in bits/dim, per sample [n].
 
     With a fixed model variance this is (const_t + c_t ||eps - eps_theta||^2 / D) / ln 2
-    (ALGORITHMS.md 0.2); t = 0 uses the same formula (no decoder NLL), as the ATS reference code.
+    (ALGORITHMS.md 0.2). t = 0 uses the same KL (no decoder NLL) with sigma_0^2 = beta~_1
+    (``NoiseSchedule.model_variance``), so const_0 = 0 and c_0 = beta_0 / (2 beta~_1 alpha_0):
+    the ATS reference's ``compute_kl_divergence`` value at every t, fixed-large or fixed-small.
     """
     x_t = q_sample(schedule, x0, t, noise)
     eps_hat = predict_eps(schedule, x_t, t, model(x_t, t).float(), prediction)

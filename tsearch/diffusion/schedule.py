@@ -122,9 +122,15 @@ class NoiseSchedule:
 
     @property
     def model_variance(self) -> np.ndarray:
-        """sigma_t^2 of p(x_{t-1} | x_t): beta_t (fixed-large) or clipped beta~_t (fixed-small)."""
+        """sigma_t^2 of p(x_{t-1} | x_t): beta_t (fixed-large) or beta~_t (fixed-small).
+
+        At t = 0 both are beta~_1, the reference convention (improved-diffusion
+        ``model_log_variance``: FIXED_LARGE = log(append(posterior_variance[1], betas[1:])),
+        FIXED_SMALL = the clipped posterior log variance; the ATS code follows it), so that every
+        VLB term and c_0 equal the reference's (ALGORITHMS.md 0.2, last paragraph).
+        """
         if self.variance == "fixed_large":
-            return self.betas.copy()
+            return np.append(self.posterior_variance[1], self.betas[1:])
         return self.posterior_variance_clipped
 
     @property
@@ -132,7 +138,9 @@ class NoiseSchedule:
         """c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)), nats per dim per unit eps-MSE.
 
         The weight of the eps-MSE inside the VLB term L_{t-1} (Ho et al. 2020, eq. 12;
-        ALGORITHMS.md 0.2). c_0 = 1 / (2 alpha_0) for fixed-large.
+        ALGORITHMS.md 0.2), with sigma_t^2 = :attr:`model_variance`. At t = 0 (sigma_0^2 =
+        beta~_1 under either variance) c_0 = beta_0 / (2 beta~_1 alpha_0): 0.917 for linear,
+        0.987 for quad at T = 1000 (not the 0.5 that sigma_0^2 = beta_0 would give).
         """
         b, a, ab = self.betas, self.alphas, self.alphas_cumprod
         return b**2 / (2.0 * self.model_variance * a * (1.0 - ab))
@@ -141,7 +149,8 @@ class NoiseSchedule:
     def vlb_constant(self) -> np.ndarray:
         """The t-dependent constant of KL(q || p) per dim: 0.5 [log(s2/b~) + b~/s2 - 1].
 
-        Zero for fixed-small. beta~_0 = 0 is clipped to beta~_1 so the value stays finite.
+        Zero for fixed-small, and at t = 0 for both (sigma_0^2 = beta~_1 = the clipped
+        beta~_0, as in the reference code).
         """
         s2, pv = self.model_variance, self.posterior_variance_clipped
         return 0.5 * (np.log(s2 / pv) + pv / s2 - 1.0)

@@ -348,7 +348,7 @@ class AdaptiveSampler(TimestepSampler):
         state.update({
             "queue": self.queue.clone(), "selected": self.selected.clone(),
             "updates": self.updates, "in_channels": self.in_channels,
-            "stats": dict(self._stats),
+            "stats": dict(self._stats), "recent": [list(r) for r in self._recent],
             "last_ab": None if self._last_ab is None else
             [torch.from_numpy(self._last_ab[0].copy()), torch.from_numpy(self._last_ab[1].copy())],
             "policy": None if self.policy is None else self.policy.state_dict(),
@@ -362,6 +362,7 @@ class AdaptiveSampler(TimestepSampler):
         self.selected = state["selected"].clone()
         self.updates = int(state["updates"])
         self._stats = dict(state["stats"])
+        self._recent = [tuple(r) for r in state.get("recent", [])]
         self._last_ab = None if state["last_ab"] is None else (
             state["last_ab"][0].numpy().copy(), state["last_ab"][1].numpy().copy())
         self._pending = None

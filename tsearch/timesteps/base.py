@@ -75,6 +75,12 @@ class StepContext:
 
     ``x0`` is the detached clean batch (on the training device) for x0-conditioned samplers;
     samplers must not modify it.
+
+    ``weighting`` is the loss weighting the trainer multiplies into each per-sample loss (None:
+    w = 1). The losses handed to :meth:`TimestepSampler.observe` stay unweighted, so that the
+    trainer need not know which sampler wants what; a loss-aware sampler that wants the loss
+    being optimised (after the weighting, before importance weights, as improved-diffusion feeds
+    its resampler) multiplies by :meth:`loss_weight` itself, for the drawn t or a probe's t.
     """
 
     step: int  # optimizer steps taken before this one
@@ -82,6 +88,13 @@ class StepContext:
     progress: float  # kimg / total_kimg, in [0, 1]
     lr: float = 0.0
     x0: torch.Tensor | None = None
+    weighting: LossWeighting | None = None
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """w(t) of the run's weighting at timesteps ``t`` (float32, t's device); ones if None."""
+        if self.weighting is None:
+            return torch.ones(t.shape, device=t.device)
+        return self.weighting.weights(t)
 
 
 @dataclass(frozen=True)

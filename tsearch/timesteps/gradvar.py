@@ -2,14 +2,15 @@
 
 For the estimator g = (1/(T p_t)) grad l_t with t ~ p, the trace of the covariance is minimised
 by p*(t) ∝ sqrt(E ||grad l_t||^2) (the textbook importance-sampling result; no public reference
-implementation was found). We estimate E ||grad l_t||^2 per timestep bin with an EMA of probed
-per-sample squared gradient norms of the *unweighted* eps-MSE, and mix with uniform:
+implementation was found). l_t is the loss being optimised, w(t) times the eps-MSE (before
+importance weights; ``observe: unweighted`` drops w). We estimate E ||grad l_t||^2 per timestep
+bin with an EMA of probed per-sample squared gradient norms, and mix with uniform:
 p = (1 - eps) p* + eps / T. Unbiased: weights 1/(T p_t).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -32,6 +33,8 @@ class GradVarParams(Params):
     rows_per_probe: int = Field(8, ge=1, le=65536)  # per-sample gradients per probe (4 fwd each)
     ema: float = Field(0.9, ge=0.0, lt=1.0)  # EMA decay of each bin's mean squared grad norm
     uniform_mix: float = Field(0.1, gt=0.0, le=1.0)  # eps in p = (1-eps) p* + eps/T
+    # weighted: gradients of the optimised loss w(t) L_t; unweighted: of the plain eps-MSE L_t
+    observe: Literal["weighted", "unweighted"] = "weighted"
 
     def timesteps_problem(self, num_timesteps: int) -> str | None:
         """Every bin needs at least one timestep."""
@@ -47,7 +50,8 @@ class GradVarSampler(TimestepSampler):
     Every ``probe_every`` steps (``ctx.step % probe_every == 0``) it asks the trainer for
     ``rows_per_probe`` per-sample squared gradient norms (``ProbeSpec(kind="grad_norm",
     loss="mse")``) at bins taken round-robin, t uniform within the bin and random images of the
-    batch. p* stays uniform until every bin has a measurement.
+    batch, and scales them by w(t)^2 (``observe: weighted``). p* stays uniform until every bin
+    has a measurement.
     """
 
     name = "gradvar"
@@ -105,6 +109,11 @@ class GradVarSampler(TimestepSampler):
             return
         t = result.spec.t.detach().to("cpu", torch.int64).reshape(-1)
         g = result.grad_sq_norm.detach().to("cpu", torch.float64).reshape(-1)
+        if self.params.observe == "weighted":
+            # The probe measures ||grad L_t||^2 of the plain eps-MSE; the trainer optimises
+            # w(t) L_t, whose gradient is w(t) grad L_t, so ||grad (w(t) L_t)||^2 is exactly
+            # w(t)^2 ||grad L_t||^2: p* for the optimised loss at no extra probe cost.
+            g = g * ctx.loss_weight(t).to(torch.float64) ** 2
         keep = torch.isfinite(g) & (g >= 0)
         if not bool(keep.any()):
             return

@@ -1,13 +1,16 @@
 """Loss-aware importance sampling: improved-diffusion's LossSecondMomentResampler.
 
 ALGORITHMS.md 4.4 (``openai/improved-diffusion`` ``improved_diffusion/resample.py``). A FIFO of the
-last ``history`` unweighted losses per timestep; uniform until every t has a full history, then
+last ``history`` losses per timestep; uniform until every t has a full history, then
 p_t ∝ sqrt(E[L_t^2]) mixed with ``uniform_prob`` of uniform. Unbiased: weights 1/(T p_t).
+L_t is the loss being optimised, w(t) times the eps-MSE (improved-diffusion feeds its resampler
+``losses["loss"]``, the training loss before importance weights); ``observe: unweighted`` keeps
+the plain eps-MSE instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -19,6 +22,8 @@ from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler, e
 class LossSecondMomentParams(Params):
     history: int = Field(10, ge=1, le=1000)  # losses kept per timestep (FIFO)
     uniform_prob: float = Field(0.001, gt=0.0, le=1.0)  # uniform mass mixed in; > 0 keeps p_t > 0
+    # weighted: the optimised loss w(t) L_t (improved-diffusion); unweighted: the plain L_t
+    observe: Literal["weighted", "unweighted"] = "weighted"
 
 
 def occurrence_rank(t: torch.Tensor) -> torch.Tensor:
@@ -38,7 +43,8 @@ def occurrence_rank(t: torch.Tensor) -> torch.Tensor:
 class LossSecondMomentSampler(TimestepSampler):
     """p_t ∝ sqrt(mean of the last ``history`` L_t^2), after a uniform warm-up (ALGORITHMS 4.4).
 
-    Losses are the *unweighted* per-sample losses the trainer passes to :meth:`observe`;
+    :meth:`observe` stores the trainer's per-sample losses times ``ctx.loss_weight(t)`` (the
+    loss being optimised, before importance weights), or as passed with ``observe: unweighted``;
     non-finite ones are dropped. ``writes[t]`` counts every loss ever stored for t, so the next
     ring-buffer slot is ``writes[t] % history`` and t's history is full once ``writes[t] >=
     history``.
@@ -79,6 +85,8 @@ class LossSecondMomentSampler(TimestepSampler):
         """Push each finite loss into its timestep's FIFO (the newest ``history`` survive)."""
         t = draw.t.detach().to("cpu", torch.int64).reshape(-1)
         loss = losses.detach().to("cpu", torch.float64).reshape(-1)
+        if self.params.observe == "weighted":
+            loss = loss * ctx.loss_weight(t).to(torch.float64)
         keep = torch.isfinite(loss)
         t, loss = t[keep], loss[keep]
         if t.numel() == 0:

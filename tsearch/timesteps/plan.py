@@ -35,7 +35,7 @@ class TimestepPlan:
         """Timesteps for the batch ``x0`` at training ``progress`` in [0, 1] (on x0's device)."""
         n = x0.shape[0]
         self._ctx = StepContext(step=step, kimg=step * n / 1000, progress=progress, lr=lr,
-                                x0=x0.detach())
+                                x0=x0.detach(), weighting=self.weighting)
         draw = self.sampler.sample(n, self._ctx)
         return Draw(t=draw.t.to(x0.device),
                     importance_weight=draw.importance_weight.to(x0.device))
@@ -45,7 +45,8 @@ class TimestepPlan:
         return self.weighting.weights(draw.t) * draw.importance_weight.to(draw.t.device)
 
     def observe(self, draw: Draw, per_sample_loss: torch.Tensor) -> None:
-        """Feed the unweighted per-sample losses back (loss-aware samplers learn from them)."""
+        """Feed the unweighted per-sample losses back; a loss-aware sampler applies the
+        weighting itself (it learns from the loss being optimised, unless told otherwise)."""
         if self._ctx is not None:
             self.sampler.observe(draw, per_sample_loss.detach(), self._ctx)
 

@@ -29,7 +29,9 @@ class VLBWeighting(LossWeighting):
     """w_t = c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) (ALGORITHMS.md 0.2).
 
     c_t is the weight of the eps-MSE inside the VLB term L_{t-1}, so the weighted loss is the
-    VLB up to t-dependent constants (Ho et al. 2020, eq. 12). Its raw scale is ~0.005-0.5 nats
+    VLB up to t-dependent constants (Ho et al. 2020, eq. 12). ``NoiseSchedule.vlb_weight`` is the
+    one home of c_t, with the reference convention sigma_0^2 = beta~_1 at t = 0 (c_0 = 0.917
+    linear, 0.987 quad at T = 1000; improved-diffusion, ATS). Its raw scale is ~0.005-0.9 nats
     per unit MSE, which would shrink the gradient about 100-fold against the unweighted loss;
     ``normalize`` divides by mean_t c_t so that a uniform-t batch keeps the same average weight
     and learning rates stay comparable across weightings.

@@ -161,7 +161,7 @@ def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
     if device.type == "cuda":
         x0 = x0.contiguous(memory_format=torch.channels_last)
     ctx = StepContext(step=st.step, kimg=st.kimg, progress=st.images_seen / total_images,
-                      lr=ostate.lr, x0=x0)
+                      lr=ostate.lr, x0=x0, weighting=st.weighting)
 
     # Draw timesteps; fix probe images and noise, measure "before".
     draw = st.sampler.sample(x0.shape[0], ctx)
@@ -169,7 +169,7 @@ def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
     spec = st.sampler.probe_request(ctx)
     probe_state = st.probe.before(spec, x0) if spec is not None else None
 
-    # Per-sample losses, fed unweighted to the sampler.
+    # Per-sample losses, fed unweighted to the sampler (ctx.weighting gives it w(t)).
     noise = torch.randn(x0.shape, generator=st.noise_gen, device=device)
     with st.autocast():
         losses = per_sample_mse(st.model, st.schedule, x0, t, noise, cfg.diffusion.prediction)
