@@ -141,7 +141,28 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=to_jsonable) + "\n"
 
 
-class NullTracker:
+class FinishOnExit:
+    """A tracker used as a context manager ends FINISHED, or as the escaping exception says."""
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> FinishOnExit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or exc_type is None:
+            self.finish("FINISHED")
+        else:
+            self.finish(status_for_exception(exc_type), exception_reason(exc))
+
+
+class NullTracker(FinishOnExit):
     """A tracker that writes nothing, for runs without MLflow and for tests.
 
     Everything logged stays in memory: ``history[key]`` is a list of ``(step, value)``,
@@ -193,22 +214,8 @@ class NullTracker:
             self.artifacts[ARTIFACT_FAILURE] = reason
         self.status, self.reason = status, reason
 
-    def __enter__(self) -> NullTracker:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or exc_type is None:
-            self.finish("FINISHED")
-        else:
-            self.finish(status_for_exception(exc_type), exception_reason(exc))
-
-
-class ResilientTracker:
+class ResilientTracker(FinishOnExit):
     """A tracker whose backend failing costs one warning line, not the run.
 
     The run directory's metrics.jsonl keeps every record whatever the tracker does, so training
@@ -268,20 +275,6 @@ class ResilientTracker:
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
         self._call("finish", status, reason)
-
-    def __enter__(self) -> ResilientTracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or exc_type is None:
-            self.finish("FINISHED")
-        else:
-            self.finish(status_for_exception(exc_type), exception_reason(exc))
 
 
 def _telling_line(exc: BaseException) -> str:

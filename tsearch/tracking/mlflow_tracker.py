@@ -38,11 +38,10 @@ from tsearch.errors import ConfigError, TsearchError
 from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON, TAG_PARENT_RUN, mask_uri
 from tsearch.tracker import (
     MAX_TAG_VALUE_LENGTH,
+    FinishOnExit,
     check_status,
     dumps_json,
-    exception_reason,
     flatten_params,
-    status_for_exception,
 )
 
 # MLflow prints two "View run" URL lines at every end_run against a server; with dozens of trials
@@ -278,7 +277,7 @@ def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
         yield items[start : start + size]
 
 
-class MlflowTracker:
+class MlflowTracker(FinishOnExit):
     """One MLflow run: created in ``experiment`` (a child when ``parent_run_id`` is given), or
     re-opened by ``run_id`` to resume after a crash, appending to what it already logged.
     """
@@ -424,19 +423,15 @@ class MlflowTracker:
         finally:
             _retry(lambda: self.client.set_terminated(self.run_id, status))
 
-    def __enter__(self) -> MlflowTracker:
-        return self
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None or exc_type is None:
-            self.finish("FINISHED")
-            return
         try:
-            self.finish(status_for_exception(exc_type), exception_reason(exc))
+            super().__exit__(exc_type, exc, tb)
         except Exception as err:  # never hide the exception that ended the run
+            if exc is None:
+                raise
             warnings.warn(f"could not record the failed run in MLflow: {err}", stacklevel=2)
