@@ -587,3 +587,26 @@ def load_resolved(path: str | Path) -> Config:
     except json.JSONDecodeError:
         raise ConfigError(f"{str(p)!r} is not valid JSON (corrupt run directory?)") from None
     return validate_config(raw)
+
+
+# Fields that describe the machine a run happened on, not the recipe: an exported config gets
+# their defaults back, so it trains the same way anywhere (tracking goes to the reader's store).
+MACHINE_FIELDS = (("tracking", "uri"), ("tracking", "artifact_root"), ("eval", "cache_dir"),
+                  ("train", "out_dir"), ("train", "device"), ("train", "threads"),
+                  ("train", "progress"), ("tracking", "run_name"))
+
+
+def portable_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict to share: machine fields reset to their defaults, no ``search`` section.
+
+    What a search resolved for its trials (absolute cache and store paths, one thread per trial,
+    the trial device) would otherwise travel into ``tsearch export`` files and from there onto
+    another machine. ``data.root`` stays: it names the data the recipe was found on.
+    """
+    out = json.loads(json.dumps(dict(raw)))  # a deep copy of JSON-safe values
+    out.pop("search", None)
+    defaults = Config().to_dict()
+    for section, key in MACHINE_FIELDS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section][key] = defaults[section][key]
+    return out

@@ -29,6 +29,11 @@ TRAIN_FORWARDS = "compute/train_forwards"
 IMAGES_PER_S = "perf/images_per_s"
 SEARCH_BEST_FID = "search/best_fid"
 SEARCH_TRIALS = "search/trials"
+CONFIRM_FID_MEAN = "confirm/fid_mean"  # the confirmed winner's final FID, mean over seeds
+CONFIRM_FID_STD = "confirm/fid_std"
+CONFIRM_SPEEDUP_KIMG = "confirm/speedup_kimg"  # over the baseline, to its final FID
+CONFIRM_SPEEDUP_COMPUTE = "confirm/speedup_compute"
+CONFIRM_WINNERS_CURSE = "confirm/winners_curse"  # search FID minus confirmed mean
 
 
 def loss_quartile(i: int) -> str:
@@ -60,6 +65,11 @@ TAG_BEST_FID = "tsearch.best_fid"
 TAG_ENDED_BY = "tsearch.ended_by"
 TAG_FAILURE_REASON = "tsearch.failure_reason"
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own
+TAG_PHASE = "tsearch.phase"  # on a trial's child run: PHASE_SEARCH or PHASE_CONFIRM
+PHASE_SEARCH = "search"  # proposals, stopped early by ASHA
+PHASE_CONFIRM = "confirm"  # the top configurations retrained on fresh seeds, full budget
+TAG_CONFIRMED = "tsearch.confirmed_winner"  # on the parent run: the confirmed winner's label
+TAG_WARM_START = "tsearch.warm_start"  # on the parent run: the search it was warm-started from
 
 # --- MLflow param prefixes (params are flat dotted strings) -------------------------------------
 PARAM_CONFIG = "config"  # a run's whole resolved config
@@ -81,7 +91,9 @@ ARTIFACT_CONFIG = "config.json"
 ARTIFACT_SEARCH_CONFIG = "search_config.json"
 ARTIFACT_PLOTS = "plots"
 ARTIFACT_FAILURE = "failure.txt"
-ARTIFACT_BEST_CONFIG = "best_config.yaml"
+ARTIFACT_BEST_CONFIG = "best_config.yaml"  # the search phase's best trial (unconfirmed)
+ARTIFACT_CONFIRMED_CONFIG = "confirmed_config.yaml"  # the confirmed winner
+ARTIFACT_CONFIRMED = "confirmed.json"  # the confirmed ranking: per method, per seed
 TIMESTEPS_DIR = "timesteps"  # p(t) snapshots, one .npy per evaluation
 _PT_FILE = re.compile(r"^p_t_(\d+)\.npy$")
 

@@ -23,7 +23,7 @@ from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.metrics.registry import check_evaluations
-from tsearch.search.algorithms import SearchAlgorithm, get_algorithm
+from tsearch.search.algorithms import SearchAlgorithm, WarmTrial, get_algorithm
 from tsearch.search.space import SearchSpace, check_points, flat_config, resolve_trial_config
 
 
@@ -95,6 +95,8 @@ class SearchPlan:
     algorithm: SearchAlgorithm
     num_trials: int
     cells: list[dict[str, Any]] | None = None  # the fixed trials, if the algorithm has them
+    warm: tuple[WarmTrial, ...] = ()  # an earlier search's trials (--warm-start)
+    warm_from: str | None = None  # that search's name
 
 
 def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
@@ -349,7 +351,7 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
         _stub_pruned_checkpoints(exp_path)
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
-    proposal = checked.algorithm.build(cfg, checked.space, checked.name)
+    proposal = checked.algorithm.build(cfg, checked.space, checked.name, warm=checked.warm)
     return tune.Tuner(
         trainable,
         param_space=proposal.param_space,

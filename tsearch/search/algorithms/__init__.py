@@ -8,7 +8,7 @@ test runs every entry through a tiny real search. Names, once committed, never c
 from __future__ import annotations
 
 from tsearch.errors import ConfigError
-from tsearch.search.algorithms.base import OptunaAlgorithm, Proposal, SearchAlgorithm
+from tsearch.search.algorithms.base import OptunaAlgorithm, Proposal, SearchAlgorithm, WarmTrial
 from tsearch.search.algorithms.grid import Grid
 from tsearch.search.algorithms.random import Random
 from tsearch.search.algorithms.tpe import TPE
@@ -28,4 +28,5 @@ def get_algorithm(name: str) -> SearchAlgorithm:
     return ALGORITHMS[name]()
 
 
-__all__ = ["ALGORITHMS", "OptunaAlgorithm", "Proposal", "SearchAlgorithm", "get_algorithm"]
+__all__ = ["ALGORITHMS", "OptunaAlgorithm", "Proposal", "SearchAlgorithm", "WarmTrial",
+           "get_algorithm"]

@@ -9,6 +9,7 @@ only, so planning (``--dry-run``) stays cheap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,18 @@ class Proposal:
     num_samples: int
     scheduler: Any
     max_concurrent_trials: int | None = None  # only without a searcher (which limits itself)
+
+
+@dataclass(frozen=True)
+class WarmTrial:
+    """A finished trial of an earlier search, told to a new search before it proposes anything.
+
+    ``params`` are the values the space's define-by-run function suggests (choices, ranges and
+    bundle labels; not what a bundle sets), ``value`` its search metric at the new budget.
+    """
+
+    params: dict[str, Any]
+    value: float
 
 
 class SearchAlgorithm(ABC):
@@ -46,9 +59,15 @@ class SearchAlgorithm(ABC):
         """The fixed trial values this algorithm runs, if known up front (else num_samples)."""
         return None
 
+    supports_warm_start: ClassVar[bool] = False  # ``build`` uses ``warm`` trials
+
     @abstractmethod
-    def build(self, cfg: Config, space: SearchSpace, name: str) -> Proposal:
-        """The searcher, trial count and scheduler for search ``name`` (imports Ray here)."""
+    def build(self, cfg: Config, space: SearchSpace, name: str,
+              warm: Sequence[WarmTrial] = ()) -> Proposal:
+        """The searcher, trial count and scheduler for search ``name`` (imports Ray here).
+
+        ``warm``: an earlier search's trials, known before the first proposal.
+        """
 
     def scheduler(self, cfg: Config) -> Any:
         """ASHA on the search metric, with kimg as its clock; FIFO when ASHA is off."""
@@ -69,7 +88,8 @@ class OptunaAlgorithm(SearchAlgorithm):
     def optuna_sampler(self, cfg: Config) -> Any:
         """The seeded ``optuna.samplers.BaseSampler``."""
 
-    def build(self, cfg: Config, space: SearchSpace, name: str) -> Proposal:
+    def build(self, cfg: Config, space: SearchSpace, name: str,
+              warm: Sequence[WarmTrial] = ()) -> Proposal:
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tsearch.config import Config
-from tsearch.search.algorithms.base import Proposal, SearchAlgorithm
+from tsearch.search.algorithms.base import Proposal, SearchAlgorithm, WarmTrial
 from tsearch.search.space import GRID_KEY, SearchSpace
 
 
@@ -16,7 +17,8 @@ class Grid(SearchAlgorithm):
     def cells(self, space: SearchSpace) -> list[dict[str, Any]]:
         return space.grid()
 
-    def build(self, cfg: Config, space: SearchSpace, name: str) -> Proposal:
+    def build(self, cfg: Config, space: SearchSpace, name: str,
+              warm: Sequence[WarmTrial] = ()) -> Proposal:
         from ray import tune
 
         # Each cell as one grid value: cells set different keys, which Tune's own grid (a
