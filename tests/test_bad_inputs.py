@@ -222,6 +222,31 @@ def test_small_aliases_still_work(cfg_dir, capfd):
     assert run_cli(capfd, "train", "a.yaml", "--dry-run").code == 0
 
 
+OVERLAY_CASES = [  # (overlay file content or None for a missing file, extra args, fragments)
+    ("bogus: {x: 1}\n", [], ["overlay 'o.yaml'", "top-level key 'bogus' is not a config section",
+                            "overlay sections: data, model"]),
+    ("search: {num_samples: 3}\n", [], ["overlay 'o.yaml' has a search section"]),
+    (None, [], ["config file 'o.yaml' does not exist"]),
+    ("- timesteps\n", [], ["'o.yaml' must hold a mapping"]),
+    ("", [], ["'o.yaml' is empty"]),
+    ("optim: {lr: 5}\n", [], ["optim.lr = 5", "less than or equal to 1"]),
+    ("timesteps: {sampler: {name: lognormal, params: {k: 2}}}\n", [],
+     ["unknown key 'timesteps.sampler.params.k'"]),
+    ("optim: {lr: 1.0e-3}\n", ["--resume", "somewhere"],
+     ["--overlay cannot be combined with --resume"]),
+]
+
+
+@pytest.mark.parametrize("content,args,fragments", OVERLAY_CASES,
+                         ids=[f[0][:40] for _, _, f in OVERLAY_CASES])
+def test_bad_overlay_is_one_line(cfg_dir, capfd, content, args, fragments):
+    if content is not None:
+        (cfg_dir / "o.yaml").write_text(content)
+    config = [] if args else ["c.yaml"]
+    result = run_cli(capfd, "train", *config, "--overlay", "o.yaml", "--dry-run", *args)
+    assert_one_line(result, *fragments)
+
+
 OVERRIDE_CASES = [
     ("train.seed=&a [*a]", "recursive alias"),
     ("train.seed=[1, 2", "not valid YAML"),
@@ -352,6 +377,13 @@ def _unwritable() -> Path:
     pytest.skip("no unwritable directory on this machine")
 
 
+def _exported(path: Path) -> str:
+    """An exported file's YAML body: its comment header (what it is) dropped."""
+    text = path.read_text()
+    assert text.startswith("# Unconfirmed best trial of search"), text
+    return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -405,13 +437,13 @@ def test_export_refuses_to_overwrite_without_force(capfd, here, store):
     forced = run_cli(capfd, "export", "best", "-o", "existing.yaml", "--force",
                      "--tracking-uri", store)
     assert forced.code == 0, forced.err
-    assert target.read_text() == BEST_YAML
+    assert _exported(target) == BEST_YAML
 
 
 def test_export_writes_a_new_file_in_new_directories(capfd, here, store):
     result = run_cli(capfd, "export", "best", "-o", "new/dir/best.yml", "--tracking-uri", store)
     assert result.code == 0 and result.err == "", result.err
-    assert (here / "new/dir/best.yml").read_text() == BEST_YAML
+    assert _exported(here / "new/dir/best.yml") == BEST_YAML
     assert f"best config of search {SEARCH}" in result.out
     # Still refused the second time: the file now exists.
     again = run_cli(capfd, "export", "best", "-o", "new/dir/best.yml", "--tracking-uri", store)
@@ -432,6 +464,19 @@ def test_export_refuses_a_bad_output_before_reading_the_store(capfd, here, store
     assert_one_line(result, *fragments)
     assert (here / "some_file.txt").read_bytes() == b"keep"
     assert _listing(here) == ["adir", "some_file.txt"]
+
+
+@pytest.mark.parametrize("only,fragments", [
+    ("timesteps,bogus", ["--only 'timesteps,bogus'", "'bogus' is not a config section",
+                         "sections: data, model, diffusion, timesteps, optim"]),
+    ("search", ["'search' is not a config section"]),
+    (" , ", ["names no section", "e.g. --only timesteps,optim"]),
+])
+def test_export_only_unknown_section_is_refused_before_reading_the_store(capfd, here, only,
+                                                                          fragments):
+    result = run_cli(capfd, "export", "best", "-o", "b.yaml", "--only", only)
+    assert_one_line(result, *fragments)  # not "no MLflow store": the store was not read
+    assert _listing(here) == []
 
 
 def test_export_to_an_unwritable_place(capfd, here, store):

@@ -236,6 +236,11 @@ class EvalConfig(_Section):
     # Keys of tsearch.metrics.registry.EVALUATIONS run at each evaluation point, in order.
     metrics: tuple[str, ...] = Field(("fid",), min_length=1)
     every_kimg: Kimg = Field(5.0, gt=0.0)  # FID (and a checkpoint) every N kimg and at the end
+    # Evaluate at these kimg (and at the end) instead: a search sets ASHA's rungs here for its
+    # trials (plus every curve_every_kimg), so evaluations fall where ASHA decides.
+    at_kimg: tuple[Kimg, ...] = Field((), max_length=10_000)
+    # In a search with ASHA: extra evaluation points every N kimg (None: rungs and end only).
+    curve_every_kimg: Kimg | None = Field(None, gt=0.0)
     num_images: int = Field(1000, ge=2, le=MAX_IMAGES)  # generated images per FID
     ref_images: int | None = Field(None, ge=2, le=MAX_IMAGES)  # null: the whole split
     ref_split: Literal["train", "test"] = "train"
@@ -270,6 +275,43 @@ class AshaConfig(_Section):
     brackets: int = Field(1, ge=1, le=100)
 
 
+class ConfirmConfig(_Section):
+    """The confirmation stage: the search's top configurations retrained on fresh seeds.
+
+    A search's best trial is the minimum of many noisy trials on one seed, so it flatters
+    itself (the winner's curse); the confirmed ranking (mean over ``seeds``) is the search's
+    answer. ``set`` checks a search on a cheap proxy at the target scale.
+    """
+
+    enabled: bool = False
+    top_k: int = Field(3, ge=1, le=100)  # distinct configurations, best search FID first
+    # Training seeds (train.seed) of the confirmation runs: none may be one a search trial used.
+    seeds: tuple[Seed, ...] = Field((101, 102, 103), min_length=1, max_length=100)
+    # The baseline retrained beside them: None = the first points_to_evaluate (else uniform at
+    # its defaults); a sampler name = that sampler at its defaults (as seed_with_defaults
+    # adds it); a mapping = a point of the space ({dotted key: value}).
+    baseline: str | dict[str, Any] | None = None
+    # Dotted overrides for the confirmation runs only (e.g. a larger model, resolution, budget).
+    set: dict[str, Any] = Field(default_factory=dict)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_WORKERS)  # None: search.max_concurrent
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct (a repeated seed repeats one run)")
+        return value
+
+    @field_validator("set")
+    @classmethod
+    def _no_search(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key.split(".")[0] == "search" or key == "train.seed":
+                raise ValueError(f"set.{key}: the confirmation runs' {key} is not settable "
+                                 "(seeds come from search.confirm.seeds)")
+        return value
+
+
 class SearchConfig(_Section):
     """How `tsearch search` explores: ignored by `tsearch train`."""
 
@@ -292,6 +334,11 @@ class SearchConfig(_Section):
     # Dotted config key -> distribution, e.g. {"optim.lr": {"float": [1e-4, 1e-2], "log": true}}
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # tried first
+    # Also try first, for every sampler among the space's choices, that sampler at its
+    # registry defaults with the weighting its paper pairs it with: a search can then only
+    # match or beat the best default.
+    seed_with_defaults: bool = False
+    confirm: ConfirmConfig = ConfirmConfig()
 
     _name_is_safe = field_validator("name")(_safe_name)
 
@@ -555,14 +602,86 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- environment <- YAML file (if any) <- dotted overrides, validated.
+# Top-level sections of a config file. An overlay may hold every one but ``search``: it changes
+# what a run trains, not how a search explores.
+SECTIONS: tuple[str, ...] = tuple(Config.model_fields)
+OVERLAY_SECTIONS: tuple[str, ...] = tuple(s for s in SECTIONS if s != "search")
+# Mappings an overlay replaces whole: the base's params belong to the base's sampler (or
+# weighting) and would be invalid, or silently kept, under another one.
+_REPLACED_WHOLE = (("timesteps", "sampler"), ("timesteps", "weighting"))
 
-    ``MLFLOW_TRACKING_URI`` (MLflow's own convention) and ``TSEARCH_STORAGE_PATH`` fill
-    ``tracking.uri`` and ``search.storage_path`` when neither the file nor an override sets them,
-    so one environment (e.g. a cluster's) points every command at the same server and storage.
+
+def merge_overlay(raw: Mapping[str, Any], overlay: Mapping[str, Any],
+                  source: str = "overlay") -> dict[str, Any]:
+    """``raw`` with ``overlay`` deep-merged onto it: nested mappings merge, other values replace.
+
+    An overlay (``tsearch export best --only timesteps,optim``) carries a recipe found on one
+    base config onto another, so it may only hold config sections, never ``search``.
+    ``timesteps.sampler`` and ``timesteps.weighting`` replace the base's whole mapping.
+    ``source`` names the overlay in errors (one-line :class:`ConfigError`).
+    """
+    if "search" in overlay:
+        raise ConfigError(f"overlay {source!r} has a search section: an overlay changes what a "
+                          "run trains, not how a search explores; put search settings in the "
+                          "base config")
+    bad = [k for k in overlay if k not in OVERLAY_SECTIONS]
+    if bad:
+        raise ConfigError(f"overlay {source!r}: top-level key {bad[0]!r} is not a config section; "
+                          f"overlay sections: {', '.join(OVERLAY_SECTIONS)}")
+    out = json.loads(json.dumps(dict(raw), default=str))
+    stack: list[tuple[dict[str, Any], Mapping[str, Any], tuple[str, ...]]] = [(out, overlay, ())]
+    while stack:
+        node, top, path = stack.pop()
+        for key, value in top.items():
+            where = (*path, key)
+            if (isinstance(value, Mapping) and isinstance(node.get(key), dict)
+                    and where not in _REPLACED_WHOLE):
+                stack.append((node[key], value, where))
+            else:
+                node[key] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def apply_overlays(raw: Mapping[str, Any], overlays: Iterable[str | Path]) -> dict[str, Any]:
+    """``raw`` with each overlay file (read with :func:`read_yaml`) merged on, later files last."""
+    out = dict(raw)
+    for path in overlays:
+        out = merge_overlay(out, read_yaml(path), str(path))
+    return out
+
+
+def parse_sections(text: str, option: str = "--only") -> tuple[str, ...]:
+    """Comma-separated config section names (``timesteps,optim``), checked, in given order.
+
+    ``option`` names the setting in the one-line :class:`ConfigError`.
+    """
+    chosen: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name and name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"{option} {text!r} names no section; give one or more of "
+                          f"{', '.join(OVERLAY_SECTIONS)} (e.g. {option} timesteps,optim)")
+    for name in chosen:
+        if name not in OVERLAY_SECTIONS:
+            raise ConfigError(f"{option} {text!r}: {name!r} is not a config section an overlay "
+                              f"can hold; sections: {', '.join(OVERLAY_SECTIONS)}")
+    return tuple(chosen)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                overlays: Iterable[str | Path] = ()) -> Config:
+    """Defaults <- environment <- YAML file (if any) <- overlay files <- dotted overrides.
+
+    Overlays (e.g. ``tsearch export best --only timesteps,optim``) are merged onto the file's
+    raw dict as :func:`merge_overlay` describes. ``MLFLOW_TRACKING_URI`` (MLflow's own
+    convention) and ``TSEARCH_STORAGE_PATH`` fill ``tracking.uri`` and ``search.storage_path``
+    when neither the files nor an override sets them, so one environment (e.g. a cluster's)
+    points every command at the same server and storage.
     """
     raw = read_yaml(path) if path is not None else {}
+    raw = apply_overlays(raw, overlays)
     raw = apply_overrides(raw, overrides)
     for env, section, key in (("MLFLOW_TRACKING_URI", "tracking", "uri"),
                               ("TSEARCH_STORAGE_PATH", "search", "storage_path")):
@@ -609,4 +728,18 @@ def portable_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
     for section, key in MACHINE_FIELDS:
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section][key] = defaults[section][key]
+    return out
+
+
+def portable_overlay(raw: Mapping[str, Any], sections: Iterable[str]) -> dict[str, Any]:
+    """Only ``sections`` of a config dict, portable, to apply onto another base config.
+
+    Machine fields are left out rather than reset to defaults: applied with
+    :func:`merge_overlay`, the base then keeps its own device, threads and paths.
+    """
+    full = portable_dict(raw)
+    out = {section: full[section] for section in sections if section in full}
+    for section, key in MACHINE_FIELDS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
     return out

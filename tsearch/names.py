@@ -24,6 +24,7 @@ TRAIN_LR = "train/lr"
 TRAIN_BETA1 = "train/beta1"
 TRAIN_PREFIX = "train/"
 PROGRESS_KIMG = "progress/kimg"
+COMPUTE_PREFIX = "compute/"
 PROBE_FORWARDS = "compute/probe_forwards"
 TRAIN_FORWARDS = "compute/train_forwards"
 IMAGES_PER_S = "perf/images_per_s"
@@ -34,6 +35,7 @@ CONFIRM_FID_STD = "confirm/fid_std"
 CONFIRM_SPEEDUP_KIMG = "confirm/speedup_kimg"  # over the baseline, to its final FID
 CONFIRM_SPEEDUP_COMPUTE = "confirm/speedup_compute"
 CONFIRM_WINNERS_CURSE = "confirm/winners_curse"  # search FID minus confirmed mean
+CONFIRM_KENDALL_TAU = "confirm/kendall_tau"  # search ranking vs confirmed ranking
 
 
 def loss_quartile(i: int) -> str:

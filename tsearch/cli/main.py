@@ -103,17 +103,28 @@ def train(
         Optional[Path],  # noqa: UP045
         typer.Option("--resume", help="Continue a run from its directory's newest checkpoint."),
     ] = None,
+    overlays: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--overlay", help="Merge this YAML onto CONFIG before --set, e.g. the file "
+                     "of `tsearch export best --only timesteps,optim` (repeatable)."),
+    ] = None,
 ) -> None:
     """Train one model with one timestep sampler (no Ray needed)."""
+    from tsearch.config import load_config
+
     run_dir = None
     if resume is not None:
         from tsearch.train.rundir import resume_config_path
 
+        if overlays:
+            raise ConfigError("--overlay cannot be combined with --resume: a resumed run "
+                              "continues with its own config.json; start a new run instead")
         run_dir = resume
         config = resume_config_path(resume)
     elif config is None:
         raise TsearchError("give a config file (e.g. experiments/smoke.yaml) or --resume RUN_DIR")
-    cfg = _load(config, overrides)  # config.json of a run directory is YAML too
+    # config.json of a run directory is YAML too
+    cfg = load_config(config, overrides or [], overlays or [])
     if dry_run:
         _print_dry_run(cfg)
         return
@@ -171,6 +182,12 @@ def search(
         typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: "
                      "a local Ray on 127.0.0.1."),
     ] = None,
+    warm_start: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--warm-start", metavar="SEARCH", help="Tell the Optuna study an earlier "
+                     "search's finished trials (name or parent run id, in tracking.uri) before "
+                     "it proposes anything."),
+    ] = None,
 ) -> None:
     """Search timestep samplers and their hyperparameters (Ray Tune + Optuna + ASHA)."""
     if config is None:
@@ -179,6 +196,20 @@ def search(
     from tsearch.search.tuner import plan
 
     checked = plan(cfg, config)
+    warm_line = None
+    if warm_start is not None:
+        import dataclasses
+
+        from tsearch.search.warm import warm_trials
+
+        if resume:
+            raise ConfigError("--warm-start starts a new search; a resumed one keeps the trials "
+                              "its study was told at the start: drop --warm-start")
+        warm = warm_trials(cfg.tracking.uri, warm_start, cfg, checked.space,
+                           say=lambda msg: typer.echo(msg, err=True))
+        checked = dataclasses.replace(checked, warm=warm, warm_from=warm_start)
+        warm_line = (f"warm start: {len(warm)} trials of search {warm_start!r} (best FID "
+                     f"{min(w.value for w in warm):.2f})")
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
         typer.echo(f"# search {checked.name!r}: {checked.num_trials} trials "
@@ -188,9 +219,13 @@ def search(
             typer.echo(f"#   {line}")
         for i, cell in enumerate(checked.cells or []):
             typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
+        if warm_line:
+            typer.echo(f"# {warm_line}")
         return
     from tsearch.search.tuner import run_search
 
+    if warm_line:
+        typer.echo(warm_line, err=True)
     _check_store(cfg)
     result = run_search(cfg, config, address=address, resume=resume, checked=checked)
     _print_search_result(result)
@@ -258,12 +293,50 @@ def _print_search_result(result) -> None:
         table.add_row(t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf)
     console = Console()
     console.print(table)
+    if result.confirmation is not None:
+        console.print(_confirm_table(result.confirmation))
+        for note in result.confirmation.notes:
+            typer.echo(f"note: {note}")
+        w = result.confirmation.winner
+        if w is not None:
+            curse = w.winners_curse
+            typer.echo(f"confirmed winner: {w.label}, FID {w.mean:.2f}"
+                       + (f" ± {w.std:.2f}" if w.std is not None else "")
+                       + (f", {w.speedup_kimg:.2f}x the baseline's speed"
+                          if w.speedup_kimg is not None else "")
+                       + (f"; its search FID was {w.search_fid:.2f} (winner's curse "
+                          f"{curse:+.2f}: search minus confirmed)" if curse is not None else ""))
     uri = names.mask_uri(result.tracking_uri)
     typer.echo(f"MLflow parent run: {result.parent_run_id}")
     typer.echo(f"look at it:   open {uri}" if uri.startswith(("http://", "https://"))
                else f"look at it:   mlflow ui --backend-store-uri {uri}")
     typer.echo(f"export best:  tsearch export best --search {result.name} -o best-sampler.yaml"
                + (f" --tracking-uri {uri}" if uri.startswith("http") else ""))
+
+
+def _confirm_table(conf):
+    """The search's answer: search FID beside the confirmed mean ± std, and speed-ups."""
+    from rich.table import Table
+
+    target = f" ({conf.target_fid:.2f})" if conf.target_fid is not None else ""
+    table = Table(title=f"confirmed ranking: final FID over fresh seeds "
+                  f"{', '.join(map(str, conf.seeds))}" + (
+                      f" with {', '.join(f'{k}={v}' for k, v in conf.overrides.items())}"
+                      if conf.overrides else ""))
+    for col in ("#", "configuration", "search FID", "confirmed FID", "per seed",
+                f"kimg to baseline's FID{target}", "speed-up (kimg)", "speed-up (compute)"):
+        table.add_column(col)
+    for i, row in enumerate(conf.rows, 1):
+        mean = "failed" if row.mean is None else (
+            f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else ""))
+        table.add_row(
+            str(i), row.label + (" (baseline)" if row.baseline else ""),
+            "-" if row.search_fid is None else f"{row.search_fid:.2f}", mean,
+            " ".join("-" if f is None else f"{f:.1f}" for f in row.finals),
+            "-" if row.kimg_to_target is None else f"{row.kimg_to_target:.2f}",
+            "-" if row.speedup_kimg is None else f"{row.speedup_kimg:.2f}",
+            "-" if row.speedup_compute is None else f"{row.speedup_compute:.2f}")
+    return table
 
 
 def _fmt(v) -> str:
@@ -326,24 +399,39 @@ def export_best(
     ] = None,
     tracking_uri: TrackingUri = DEFAULT_URI,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
+    unconfirmed: Annotated[bool, typer.Option(
+        "--unconfirmed", help="Export the search phase's best trial (one seed) even when the "
+        "search has a confirmed winner.")] = False,
+    only: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--only", metavar="SECTIONS", help="Write an overlay of these config "
+                     "sections only (e.g. timesteps,optim), for `tsearch train BASE --overlay "
+                     "FILE`."),
+    ] = None,
 ) -> None:
-    """Write the best configuration of a search: `tsearch train FILE` runs it as is."""
-    from tsearch.tracking.queries import download, find_search
+    """Write a search's answer: its confirmed winner when it has one, else its best trial.
 
+    `tsearch train FILE` runs a full export as is; an overlay (--only) applies onto another
+    config."""
+    from tsearch.config import parse_sections
+    from tsearch.tracking.export import export_best as exported_config
+
+    sections = parse_sections(only, "--only") if only is not None else None
     _check_output_file(output, (".yaml", ".yml"), "export writes YAML", force=force)
-    parent = find_search(tracking_uri, search_ref)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = download(tracking_uri, parent.run_id, names.ARTIFACT_BEST_CONFIG, tmp).read_bytes()
+    exported = exported_config(tracking_uri, search_ref, unconfirmed=unconfirmed,
+                               sections=sections)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "wb" if force else "xb") as handle:  # "x": never overwrite unasked
-            handle.write(data)
+            handle.write(exported.text.encode("utf-8"))
     except FileExistsError:
         raise ConfigError(f"{output} exists; pass --force to overwrite it, or choose another "
                           "-o") from None
     except OSError as err:
         raise TsearchError(f"cannot write -o {output} ({err.strerror})") from None
-    typer.echo(f"best config of search {parent.name} (FID {parent.best_fid:.2f}) -> {output}")
+    if exported.note:
+        typer.echo(exported.note)
+    typer.echo(f"{exported.summary} -> {output}")
 
 
 @app.command()

@@ -69,7 +69,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
             cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
             run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
-                  names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip()},
+                  names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip(),
+                  names.TAG_PHASE: meta.get("phase", names.PHASE_SEARCH)},
         ), say)
         if not resume:
             tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())}})

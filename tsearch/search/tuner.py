@@ -13,18 +13,27 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.metrics.registry import check_evaluations
+from tsearch.search import confirm as confirming
 from tsearch.search.algorithms import SearchAlgorithm, WarmTrial, get_algorithm
-from tsearch.search.space import SearchSpace, check_points, flat_config, resolve_trial_config
+from tsearch.search.confirm import Confirmation
+from tsearch.search.space import (
+    SearchSpace,
+    check_points,
+    default_points,
+    flat_config,
+    resolve_trial_config,
+)
 
 
 @dataclass
@@ -38,6 +47,8 @@ class TrialSummary:
     node_ip: str | None = None
     error: str | None = None
     path: str | None = None  # the trial's directory
+    train_forwards: list[tuple[int, float]] = field(default_factory=list)  # (images, forwards)
+    probe_forwards: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def best_fid(self) -> float:
@@ -59,6 +70,8 @@ class SearchResult:
     tracking_uri: str
     seconds: float
     labels: list[str] = field(default_factory=list)  # bundle keys: not config fields
+    confirmation: Confirmation | None = None  # the confirmed ranking (search.confirm)
+    confirm_trials: list[TrialSummary] = field(default_factory=list)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -72,9 +85,46 @@ def search_name(cfg: Config, config_path: Path | None) -> str:
     return config_path.stem if config_path is not None else "search"
 
 
-def base_config(cfg: Config, tracking_uri: str) -> dict[str, Any]:
-    """The config every trial starts from, with paths made absolute (trials run elsewhere)."""
+def asha_milestones(cfg: Config) -> list[float]:
+    """The kimg at which ASHA compares trials: Ray's rungs for this search config.
+
+    ``AsyncHyperBandScheduler`` puts bracket ``s``'s rungs at grace * rf^(k + s) for k below
+    int(log(max_t / grace) / log(rf) - s + 1); the same numpy arithmetic here, so the
+    evaluation points and the scheduler's milestones cannot drift apart (tested against Ray).
+    """
+    a = cfg.search.asha
+    if not a.enabled:
+        return []
+    max_t, rf = cfg.train.total_kimg, a.reduction_factor
+    out: set[float] = set()
+    for s in range(a.brackets):
+        rungs = int(np.log(max_t / a.grace_kimg) / np.log(rf) - s + 1)
+        out.update(float(a.grace_kimg * rf ** (k + s)) for k in range(rungs))
+    return sorted(k for k in out if k <= max_t)
+
+
+def search_eval_points(cfg: Config) -> list[float]:
+    """Where a search-phase trial evaluates (besides its end): ASHA's rungs and, if asked,
+    every ``eval.curve_every_kimg``. Without ASHA nothing is decided early: every
+    ``eval.every_kimg`` as in ``tsearch train`` (an empty list)."""
+    points = asha_milestones(cfg)
+    if not points:
+        return []
+    step = cfg.eval.curve_every_kimg
+    if step:
+        n = int(cfg.train.total_kimg / step + 1e-9)
+        points = sorted(set(points) | {round(step * i, 6) for i in range(1, n + 1)})
+    return points
+
+
+def base_config(cfg: Config, tracking_uri: str, phase: str = names.PHASE_SEARCH
+                ) -> dict[str, Any]:
+    """The config every trial of ``phase`` starts from, with paths made absolute (trials run
+    elsewhere). Search-phase trials evaluate at ASHA's rungs; confirmation runs densely, for
+    the curves their ranking and the report read."""
     raw = cfg.to_dict()
+    if phase == names.PHASE_SEARCH and not raw["eval"]["at_kimg"]:
+        raw["eval"]["at_kimg"] = search_eval_points(cfg)
     raw["tracking"]["uri"] = tracking_uri
     for section, key in (("eval", "cache_dir"), ("tracking", "artifact_root")):
         value = raw[section][key]
@@ -95,6 +145,7 @@ class SearchPlan:
     algorithm: SearchAlgorithm
     num_trials: int
     cells: list[dict[str, Any]] | None = None  # the fixed trials, if the algorithm has them
+    points: tuple[dict[str, Any], ...] = ()  # tried first: points_to_evaluate (+ defaults)
     warm: tuple[WarmTrial, ...] = ()  # an earlier search's trials (--warm-start)
     warm_from: str | None = None  # that search's name
 
@@ -124,7 +175,14 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
                           f"{s.algorithm!r} cannot be stopped early; set "
                           "search.asha.enabled=false")
     base = base_config(cfg, cfg.tracking.uri)
-    check_points(base, s.points_to_evaluate, space.labels)
+    points = [dict(p) for p in s.points_to_evaluate]
+    if s.seed_with_defaults:
+        if not algorithm.supports_points:
+            raise ConfigError(f"config error: search.seed_with_defaults: search.algorithm "
+                              f"{s.algorithm!r} does not take points; set it false")
+        points += default_points(space, base, points)
+    check_points(base, points, space.labels)
+    confirming.check_confirm(cfg, space, base, points)
     cells = algorithm.cells(space)
     for i, cell in enumerate(cells or []):
         try:
@@ -137,8 +195,13 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
     if s.asha.enabled and s.asha.grace_kimg > cfg.train.total_kimg:
         raise ConfigError(f"config error: search.asha.grace_kimg = {s.asha.grace_kimg} exceeds "
                           f"train.total_kimg = {cfg.train.total_kimg}")
+    if s.seed_with_defaults and len(points) > s.num_samples:
+        raise ConfigError(f"config error: search.seed_with_defaults adds {len(points)} points "
+                          f"but search.num_samples = {s.num_samples}; raise num_samples to at "
+                          f"least {len(points)}")
     return SearchPlan(name=search_name(cfg, config_path), space=space, algorithm=algorithm,
-                      num_trials=len(cells) if cells is not None else s.num_samples, cells=cells)
+                      num_trials=len(cells) if cells is not None else s.num_samples, cells=cells,
+                      points=tuple(points))
 
 
 def run_search(
@@ -211,28 +274,30 @@ _RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
 
 def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, storage: str,
          exp_path: Path, resume: bool, say) -> SearchResult:
-    """Open the parent run, run (or restore) the Tuner and summarise the trials."""
+    """Open the parent run, run (or restore) the search phase, then the confirmation phase."""
     from ray import tune
 
     from tsearch.tracking import MlflowTracker
 
     space, name = checked.space, checked.name
     state_file = exp_path / names.SEARCH_STATE
-    parent_id = None
+    state: dict[str, Any] = {}
     if resume:
         if not tune.Tuner.can_restore(str(exp_path)):
             raise TsearchError(f"nothing to resume at {exp_path}: no search named {name!r} was "
                                "started there (check search.name and search.storage_path)")
         if state_file.is_file():
-            parent_id = json.loads(state_file.read_text()).get("parent_run_id")
+            state = json.loads(state_file.read_text())
     elif exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
         raise TsearchError(f"a search named {name!r} already exists at {exp_path}: pass "
                            "--resume to continue it, or --set search.name=NEW_NAME")
+    parent_id = state.get("parent_run_id")
     parent = MlflowTracker(uri, experiment=cfg.tracking.experiment, artifact_root=artifact_root,
                            run_name=name, run_id=parent_id,
                            tags={names.TAG_KIND: names.KIND_SEARCH, names.TAG_SEARCH: name,
                                  names.TAG_STORAGE: str(exp_path)})
-    meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels}
+    meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels,
+            "phase": names.PHASE_SEARCH}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
     try:
@@ -242,19 +307,31 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                 names.PARAM_BASE: _masked({k: v for k, v in cfg.to_dict().items()
                                            if k != "search"})})
             parent.log_dict(_masked(cfg.to_dict()), names.ARTIFACT_SEARCH_CONFIG)
+            if checked.warm_from:
+                parent.set_tags({names.TAG_WARM_START: checked.warm_from})
             exp_path.mkdir(parents=True, exist_ok=True)
-            state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "name": name}))
+            state = {"parent_run_id": parent.run_id, "name": name}
+            _write_state(state_file, state)
         say(f"search {name!r}: {checked.num_trials} trials, up to "
             f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at "
             f"{names.mask_uri(uri)}")
-        tuner = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say)
-        grid = tuner.fit()
+        if state.get("search_done"):  # killed in the confirmation phase: its trials are final
+            say("search phase: finished before; continuing with the confirmation phase")
+            grid = tune.Tuner.restore(str(exp_path),
+                                      trainable=_trainable(cfg, base, meta)).get_results()
+        else:
+            grid = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say).fit()
         _prune_checkpoints(exp_path, cfg.search.num_to_keep)
         trials = _summaries(grid)
         result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
                               trials=trials, best_config=None, tracking_uri=uri, seconds=0.0,
                               labels=space.labels)
         result.best_config = _finish(parent, result, base, exp_path)
+        if cfg.search.confirm.enabled and result.best is not None:
+            state["search_done"] = True
+            _write_state(state_file, state)
+            _confirm(cfg, checked, result, parent, base, meta, storage, uri, exp_path, resume,
+                     state, say)
     except KeyboardInterrupt:
         parent.finish("KILLED", "interrupted; continue with tsearch search --resume")
         if not resume and not _trial_dirs(exp_path):
@@ -272,6 +349,127 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                               f"; no trial started, so the name {name!r} is free again")) from exc
     parent.finish("FINISHED")
     return result
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace the search's state file atomically: a kill mid-write must not lose the parent."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+CONFIRM_SUBDIR = "confirm"  # the confirmation phase's Tune experiment, inside the search's
+
+
+def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, base, meta,
+             storage: str, uri: str, exp_path: Path, resume: bool, state: dict[str, Any],
+             say) -> None:
+    """Retrain the top configurations and the baseline on fresh seeds; rank them by mean FID."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
+    from tsearch.search.space import GRID_KEY
+
+    c, s = cfg.search.confirm, cfg.search
+    cexp = exp_path / CONFIRM_SUBDIR
+    saved = state.get("confirm", {}).get("candidates")
+    if saved:  # resumed: the candidates chosen when the phase began
+        cands = [confirming.Candidate(**x) for x in saved]
+    else:
+        point = confirming.baseline_point(cfg, checked.space, base, checked.points)
+        cands = confirming.candidates(result.trials, checked.space.labels, c.top_k, point)
+        state["confirm"] = {"candidates": [asdict(x) for x in cands]}
+        _write_state(exp_path / names.SEARCH_STATE, state)
+    used = {int(t.config.get(confirming.SEED_KEY, cfg.train.seed)) for t in result.trials}
+    if used & set(c.seeds):  # plan() checked the space; this checks what really ran
+        raise TsearchError(f"search.confirm.seeds {sorted(used & set(c.seeds))} were used by "
+                           "search trials; confirmation needs fresh seeds")
+    kimg = c.set.get("train.total_kimg", cfg.train.total_kimg)
+    say(f"confirmation: {len(cands)} configurations x {len(c.seeds)} fresh seeds "
+        f"({', '.join(map(str, c.seeds))}) at {kimg:g} kimg, no early stopping"
+        + (f"; with {', '.join(f'{k}={v}' for k, v in c.set.items())}" if c.set else ""))
+    for cand in cands:
+        fid = f"search FID {cand.search_fid:.2f}" if cand.search_fid is not None else "not a trial"
+        say(f"  {cand.label}  ({fid}{', baseline' if cand.baseline else ''})")
+    cbase = {**base, "eval": {**base["eval"], "at_kimg": list(cfg.eval.at_kimg)}}
+    trainable = _trainable(cfg, cbase, confirming.phase_meta(meta, names.PHASE_CONFIRM))
+    if resume and tune.Tuner.can_restore(str(cexp)):
+        say(f"resuming {cexp}")
+        _stub_pruned_checkpoints(cexp)
+        tuner = tune.Tuner.restore(str(cexp), trainable=trainable, resume_errored=True,
+                                   restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={GRID_KEY: tune.grid_search(confirming.cells(cands, c.seeds, c.set))},
+            tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(),
+                                        max_concurrent_trials=c.max_concurrent or
+                                        s.max_concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=CONFIRM_SUBDIR, storage_path=_join(storage, checked.name),
+                callbacks=[MlflowTrialCallback(uri), ProgressCallback(say, [confirming.LABEL])],
+                verbose=0, failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep)))
+    grid = tuner.fit()
+    _prune_checkpoints(cexp, s.num_to_keep)
+    result.confirm_trials = _summaries(grid)
+    result.confirmation = confirming.rank(
+        cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
+        parent_run_id=parent.run_id, tracking_uri=uri)
+    _finish_confirm(parent, result, base, exp_path, c.set)
+
+
+def _join(storage: str, *parts: str) -> str:
+    """A path under the search storage, which may be a URI (s3://...) that Path would mangle."""
+    return "/".join([storage.rstrip("/"), *parts])
+
+
+def _finish_confirm(parent, result: SearchResult, base: dict[str, Any], exp_path: Path,
+                    overrides: dict[str, Any]) -> None:
+    """The confirmed ranking, its curves and the winner's config on the parent run."""
+    import numpy as np
+
+    from tsearch import plots
+    from tsearch.config import portable_dict
+    from tsearch.search.space import merge_flat
+
+    conf = result.confirmation
+    assert conf is not None
+    out = exp_path / names.SEARCH_SUMMARY_SUBDIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / names.ARTIFACT_CONFIRMED).write_text(json.dumps(conf.to_json(), indent=2) + "\n")
+    parent.log_artifact(out / names.ARTIFACT_CONFIRMED)
+    series = {}
+    for row in conf.rows:
+        runs = [t.fids for t in result.confirm_trials
+                if t.config.get(confirming.LABEL) == row.label and t.fids]
+        n = min((len(f) for f in runs), default=0)
+        if n:
+            kimgs = np.mean([[k for k, _ in f[:n]] for f in runs], axis=0)
+            fids = np.mean([[v for _, v in f[:n]] for f in runs], axis=0)
+            series[f"{row.label}{' (baseline)' if row.baseline else ''}"] = (kimgs, fids)
+    if series:
+        parent.log_artifact(plots.plot_fid_curve(
+            series, out / "confirm_fid_vs_kimg.png",
+            title=f"confirmation: FID vs kimg, mean over seeds {conf.seeds}"))
+    winner = conf.winner
+    if winner is None:
+        parent.flush()
+        return
+    raw = merge_flat(base, {**winner.values, **overrides})
+    text = confirming.best_config_yaml(_masked(portable_dict(raw)), conf, result.name,
+                                       parent.run_id)
+    (out / names.ARTIFACT_CONFIRMED_CONFIG).write_text(text)
+    parent.log_artifact(out / names.ARTIFACT_CONFIRMED_CONFIG)
+    metrics = {names.CONFIRM_FID_MEAN: winner.mean, names.CONFIRM_FID_STD: winner.std,
+               names.CONFIRM_SPEEDUP_KIMG: winner.speedup_kimg,
+               names.CONFIRM_SPEEDUP_COMPUTE: winner.speedup_compute,
+               names.CONFIRM_WINNERS_CURSE: winner.winners_curse,
+               names.CONFIRM_KENDALL_TAU: conf.kendall_tau}
+    parent.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=0)
+    parent.set_tags({names.TAG_CONFIRMED: winner.label})
+    parent.flush()
 
 
 def _masked(raw: dict[str, Any]) -> dict[str, Any]:
@@ -337,21 +535,20 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
     from ray import tune
 
     from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
-    from tsearch.search.trainable import run_trial
 
     s = cfg.search
-    resources = {"cpu": s.cpus_per_trial}
-    if s.gpus_per_trial > 0:
-        resources["gpu"] = s.gpus_per_trial
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, meta=meta),
-                                    resources)
+    trainable = _trainable(cfg, base, meta)
     callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, checked.space.labels)]
     if resume:
         say(f"resuming {exp_path}")
         _stub_pruned_checkpoints(exp_path)
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
-    proposal = checked.algorithm.build(cfg, checked.space, checked.name, warm=checked.warm)
+    # The points (points_to_evaluate, plus every sampler's defaults) as plan() resolved them.
+    with_points = cfg.model_copy(update={"search": s.model_copy(
+        update={"points_to_evaluate": [dict(p) for p in checked.points]})})
+    proposal = checked.algorithm.build(with_points, checked.space, checked.name,
+                                       warm=checked.warm)
     return tune.Tuner(
         trainable,
         param_space=proposal.param_space,
@@ -368,12 +565,33 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
     )
 
 
+def _trainable(cfg: Config, base: dict[str, Any], meta: dict[str, Any]):
+    """``run_trial`` with the base config, the phase's meta and the trial's resources."""
+    from ray import tune
+
+    from tsearch.search.trainable import run_trial
+
+    s = cfg.search
+    resources = {"cpu": s.cpus_per_trial}
+    if s.gpus_per_trial > 0:
+        resources["gpu"] = s.gpus_per_trial
+    return tune.with_resources(tune.with_parameters(run_trial, base=base, meta=meta), resources)
+
+
 def _summaries(grid) -> list[TrialSummary]:
     out = []
     for result in grid:
         df = result.metrics_dataframe
         fids: list[tuple[float, float]] = []
         times: list[float] = []
+        compute: dict[str, list[tuple[int, float]]] = {}
+        if df is not None and names.TIME_ATTR in df:
+            for key in (names.TRAIN_FORWARDS, names.PROBE_FORWARDS):
+                if key in df:
+                    by_step = {int(round(float(k) * 1000)): float(v)
+                               for k, v in zip(df[names.TIME_ATTR], df[key], strict=True)
+                               if v == v}
+                    compute[key] = sorted(by_step.items())
         if df is not None and names.FID in df and names.TIME_ATTR in df:
             stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
             by_kimg: dict[float, tuple[float, float]] = {}
@@ -391,7 +609,8 @@ def _summaries(grid) -> list[TrialSummary]:
             status=status, config=config, fids=fids, times=times,
             run_id=last.get(names.REPORT_RUN_ID), node_ip=last.get(names.REPORT_NODE_IP),
             error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
-            path=result.path,
+            path=result.path, train_forwards=compute.get(names.TRAIN_FORWARDS, []),
+            probe_forwards=compute.get(names.PROBE_FORWARDS, []),
         ))
     return out
 
@@ -403,6 +622,7 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     import numpy as np
 
     from tsearch import plots
+    from tsearch.config import portable_dict
     from tsearch.search.space import merge_flat
 
     out = exp_path / names.SEARCH_SUMMARY_SUBDIR
@@ -425,11 +645,8 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     best_cfg = None
     if result.best is not None:
         best = result.best
-        best_cfg = merge_flat(base, {k: v for k, v in best.config.items()
-                                     if k not in result.labels})
-        best_cfg.pop("search", None)
-        best_cfg["tracking"]["run_name"] = None
-        best_cfg = _masked(best_cfg)
+        best_cfg = _masked(portable_dict(merge_flat(
+            base, {k: v for k, v in best.config.items() if k not in result.labels})))
         (out / names.ARTIFACT_BEST_CONFIG).write_text(_best_yaml(best_cfg, result, best))
         parent.log_artifact(out / names.ARTIFACT_BEST_CONFIG)
         parent.log_metrics({names.SEARCH_BEST_FID: best.best_fid,
@@ -456,7 +673,8 @@ def _label(t: TrialSummary) -> str:
 
 
 def _best_yaml(cfg: dict[str, Any], result: SearchResult, best: TrialSummary) -> str:
-    head = (f"# Best configuration of search {result.name!r}: FID {best.best_fid:.3f} "
+    head = (f"# Best trial of search {result.name!r} (unconfirmed: one seed, the minimum of "
+            f"{len(result.trials)} noisy trials): FID {best.best_fid:.3f} "
             f"(trial {best.trial_id}, MLflow run {best.run_id}).\n"
             f"# Train it alone: tsearch train THIS_FILE\n"
             f"# In your own loop: tsearch.timesteps.from_config(THIS_FILE)\n")

@@ -165,6 +165,9 @@ class TimestepSampler(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = NoParams
     unbiased: ClassVar[bool] = False
+    # The loss weighting this sampler's paper trains with (a WEIGHTINGS name): a search seeded
+    # with every method's defaults (search.seed_with_defaults) pairs them so.
+    paper_weighting: ClassVar[str] = "none"
 
     def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
         self.schedule = schedule

@@ -53,6 +53,7 @@ class LossSecondMomentSampler(TimestepSampler):
     name = "lsm"
     Params = LossSecondMomentParams
     unbiased = True
+    paper_weighting = "vlb"  # improved-diffusion samples L_vlb by its loss second moment
 
     def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
         super().__init__(schedule, params, seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tsearch.config import Config, load_config
+from tsearch.config import Config, apply_overlays, load_config, validate_config
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.seeding import derive_seed
 from tsearch.timesteps.base import Draw, LossWeighting, StepContext, TimestepSampler
@@ -56,16 +56,23 @@ class TimestepPlan:
 
 
 def from_config(path: str | Path | Config, schedule: NoiseSchedule | None = None,
-                seed: int | None = None) -> TimestepPlan:
+                seed: int | None = None, *, overlay: str | Path | None = None) -> TimestepPlan:
     """Build the sampler and weighting of an exported config (``tsearch export best -o FILE``).
 
     Args:
-        path: the YAML file (or an already loaded Config).
+        path: the YAML file (or an already loaded Config). An overlay file alone works too:
+            the sections it does not hold take their defaults.
         schedule: your noise schedule; by default the one the config's ``diffusion`` section
             describes. Its length must match the T your model is trained with.
         seed: the sampler's seed (default: derived from ``train.seed`` as the trainer does).
+        overlay: an overlay (``tsearch export best --only timesteps,optim -o FILE``) applied
+            onto ``path``, so a recipe found on one config runs on yours.
     """
-    cfg = path if isinstance(path, Config) else load_config(path)
+    overlays = () if overlay is None else (overlay,)
+    if isinstance(path, Config):
+        cfg = validate_config(apply_overlays(path.to_dict(), overlays)) if overlays else path
+    else:
+        cfg = load_config(path, overlays=overlays)
     if schedule is None:
         d = cfg.diffusion
         schedule = NoiseSchedule.create(d.schedule, d.num_timesteps, d.variance)

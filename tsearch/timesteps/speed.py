@@ -73,6 +73,7 @@ class SpeedSampler(TimestepSampler):
     name = "speed"
     Params = SpeedParams
     unbiased = False
+    paper_weighting = "speed"  # change-aware weights (section 2.2)
 
     def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
         super().__init__(schedule, params, seed)

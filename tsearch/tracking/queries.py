@@ -46,6 +46,7 @@ class RunRow:
     params: dict[str, str]
     experiment_id: str
     artifact_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)  # each metric's last value
 
 
 def _rows(runs) -> list[RunRow]:
@@ -57,7 +58,7 @@ def _rows(runs) -> list[RunRow]:
                           status=r.info.status, start_time=r.info.start_time or 0,
                           best_fid=float(best), tags=dict(r.data.tags),
                           params=dict(r.data.params), experiment_id=r.info.experiment_id,
-                          artifact_uri=r.info.artifact_uri))
+                          artifact_uri=r.info.artifact_uri, metrics=dict(metrics)))
     return out
 
 
@@ -206,6 +207,24 @@ def download(uri: str, run_id: str, artifact: str, dst: str | Path) -> Path:
                            "did the search finish?") from None
 
 
+def has_artifact(uri: str, run_id: str, artifact: str) -> bool:
+    """Whether run ``run_id`` holds the file ``artifact``: a listing, nothing downloaded or made.
+
+    Lets a reader choose between artifacts (``tsearch export best``: the confirmed winner, else
+    the raw best) without treating a failed download as "absent".
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client_for(uri)
+    folder = artifact.rpartition("/")[0] or None
+    try:
+        listed = client.list_artifacts(run_id, folder)
+    except (MlflowException, OSError) as exc:
+        raise TsearchError(f"cannot list the artifacts of run {run_id} "
+                           f"({type(exc).__name__}); check the tracking store") from None
+    return any(entry.path == artifact and not entry.is_dir for entry in listed)
+
+
 def close_trial_run(uri: str, trial_id: str, status: str, note: str) -> None:
     """End a trial's child run that Tune ended from outside (e.g. an ASHA stop)."""
     client = _client(uri)
@@ -247,6 +266,7 @@ class TrialRecord:
     train_forwards: list[tuple[int, float]] = field(default_factory=list)
     p_t: list[tuple[int, np.ndarray]] = field(default_factory=list)
     latest: dict[str, float] = field(default_factory=dict)  # each metric's last value, as listed
+    phase: str | None = None  # names.TAG_PHASE (search or confirm); None in older stores
 
 
 def parse_param(text: str) -> Any:
@@ -331,6 +351,7 @@ def search_trials(uri: str, ref: str | None) -> tuple[RunRow, list[TrialRecord]]
         config={k: parse_param(v)
                 for k, v in names.strip_prefix(run.data.params, names.PARAM_CONFIG).items()},
         latest=dict(run.data.metrics),
+        phase=run.data.tags.get(names.TAG_PHASE),
     ) for run in runs]
     return parent, sorted(records, key=lambda r: (r.trial_id, r.run_id))
 
@@ -367,3 +388,13 @@ def search_records(
         progress(0, len(records))
     fetch_histories(uri, records, progress)
     return parent, records
+
+
+def metric_histories(uri: str, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Each run's history of metric ``key`` as ``(step, value)`` pairs sorted by step.
+
+    One ``get_metric_history`` per run and nothing downloaded: for a caller that needs one
+    curve per trial (``--warm-start``), not the p(t) snapshots :func:`fetch_histories` brings.
+    """
+    client = _client_for(uri)
+    return {run_id: _history(client, run_id, key) for run_id in run_ids}

@@ -25,6 +25,7 @@ from tsearch.timesteps import StepContext, TimestepSampler
 from tsearch.tracker import NullTracker, Tracker, exception_reason, resilient
 from tsearch.train.optim import OptimState, apply_schedule, schedule_at
 from tsearch.train.points import Every
+from tsearch.train.points import eval_points as when_to_evaluate
 from tsearch.train.progress import Progress
 from tsearch.train.rundir import RunRecorder, TrainResult, new_run_dir
 from tsearch.train.state import TrainState, autocast_dtype, build_state
@@ -91,7 +92,7 @@ def train(
             path = st.resume(ckpt_dir, warn=say)
             say(f"resumed from {path} at {st.kimg:.2f} kimg (step {st.step})")
         total_images = int(round(tc.total_kimg * 1000))
-        eval_points = Every(cfg.eval.every_kimg, st.images_seen)
+        eval_points = when_to_evaluate(cfg.eval.every_kimg, cfg.eval.at_kimg, st.images_seen)
         log_points = Every(tc.log_every_kimg, st.images_seen)
         n_params = count_parameters(st.model)
         recorder.start(n_params, st.device.type, resumed=resume)
@@ -128,7 +129,8 @@ def train(
             path = st.save(ckpt_dir, keep=keep_checkpoints)
             eval_points.advance(st.images_seen)
             if on_report is not None:
-                report.update({k: v for k, v in last.items() if k.startswith(names.TRAIN_PREFIX)})
+                report.update({k: v for k, v in last.items()
+                               if k.startswith((names.TRAIN_PREFIX, names.COMPUTE_PREFIX))})
                 on_report(report, path)
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted by the user"

@@ -84,6 +84,8 @@ class SearchAlgorithm(ABC):
 class OptunaAlgorithm(SearchAlgorithm):
     """An Optuna sampler behind Ray's ``OptunaSearch`` on the define-by-run space."""
 
+    supports_warm_start = True
+
     @abstractmethod
     def optuna_sampler(self, cfg: Config) -> Any:
         """The seeded ``optuna.samplers.BaseSampler``."""
@@ -94,12 +96,41 @@ class OptunaAlgorithm(SearchAlgorithm):
         from ray.tune.search.optuna import OptunaSearch
 
         s = cfg.search
+        sampler = self.optuna_sampler(cfg)
+        study_name = f"tsearch-{name}"  # Optuna's default name is shared between studies
         searcher = OptunaSearch(
             space=space.define_by_run(), metric=s.metric, mode=s.mode,
             points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-            sampler=self.optuna_sampler(cfg),
-            study_name=f"tsearch-{name}",  # Optuna's default name is shared between studies
+            sampler=sampler, study_name=study_name,
+            storage=warm_storage(space, warm, study_name, s.mode, sampler) if warm else None,
         )
         return Proposal(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                         param_space=None, num_samples=s.num_samples,
                         scheduler=self.scheduler(cfg))
+
+
+def warm_storage(space: SearchSpace, warm: Sequence[WarmTrial], study_name: str, mode: str,
+                 sampler: Any) -> Any:
+    """An in-memory Optuna storage whose study ``study_name`` holds ``warm`` as COMPLETE trials.
+
+    Ray's ``evaluated_rewards`` refuses a define-by-run space, so the study is made here and
+    handed to ``OptunaSearch`` as its storage (it loads an existing study of that name). Each
+    trial's distributions are the ones the define-by-run function suggests for its params
+    (``FixedTrial`` records them), so ``when`` branches and bundle labels match what the
+    search's own trials will have; TPE counts these trials towards its start-up trials.
+    """
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                direction="minimize" if mode == "min" else "maximize")
+    define = space.define_by_run()
+    trials = []
+    for point in warm:
+        fixed = optuna.trial.FixedTrial(point.params)
+        define(fixed)
+        trials.append(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, value=point.value, params=fixed.params,
+            distributions=fixed.distributions))
+    study.add_trials(trials)
+    return storage

@@ -1,0 +1,352 @@
+"""The confirmation stage: a search's top configurations retrained on fresh seeds.
+
+A search's best trial is the minimum of many noisy trials on one training seed, so its FID
+flatters it (the winner's curse: 31.1 in the search, 39.1 +- 2.9 on fresh seeds, README). After
+the search phase the top-k distinct configurations and the baseline are trained again from
+scratch, at full budget and without early stopping, on seeds no search trial used
+(``search.confirm``), optionally at a larger scale (``confirm.set``). Their ranking by mean final
+FID over those seeds is the search's answer.
+
+Pure functions here (candidates, cells, ranking); :mod:`tsearch.search.tuner` runs the trials.
+The ranking's kimg and compute to the baseline's final FID come from
+:func:`tsearch.report.analysis.build_report`, so they are the numbers ``tsearch report`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tsearch import names
+from tsearch.config import Config
+from tsearch.errors import ConfigError
+from tsearch.search.space import (
+    SAMPLER_KEY,
+    SearchSpace,
+    default_point,
+    resolve_trial_config,
+)
+
+LABEL = "method"  # the confirmation trials' label key: one row per candidate in every report
+SEED_KEY = "train.seed"
+
+
+@dataclass
+class Candidate:
+    """One configuration to confirm: the search's values, and how it did in the search."""
+
+    label: str
+    values: dict[str, Any]  # flat dotted config values (no bundle labels, no seed)
+    search_fid: float | None = None  # its best FID in the search phase (None: never a trial)
+    search_kimg: float | None = None  # where the search evaluated it last
+    trial_id: str | None = None
+    baseline: bool = False
+
+
+@dataclass
+class ConfirmRow:
+    """A candidate's confirmation runs: final FID per seed, and speed to the baseline's FID."""
+
+    label: str
+    values: dict[str, Any]
+    baseline: bool
+    search_fid: float | None
+    seeds: list[int]
+    finals: list[float | None]  # final FID per seed (None: the run failed)
+    kimg: list[float | None]  # kimg of each seed's final evaluation
+    run_ids: list[str | None]
+    mean: float | None = None
+    std: float | None = None  # ddof=1; None with one seed
+    kimg_to_target: float | None = None  # seed-mean curve reaches the baseline's final FID
+    compute_to_target: float | None = None  # forward passes, probes charged
+    speedup_kimg: float | None = None  # baseline's kimg_to_target / this one (> 1: faster)
+    speedup_compute: float | None = None
+
+    @property
+    def n(self) -> int:
+        return sum(f is not None for f in self.finals)
+
+    @property
+    def winners_curse(self) -> float | None:
+        """How much better the search said it was than it is: search FID minus confirmed mean."""
+        if self.search_fid is None or self.mean is None:
+            return None
+        return self.search_fid - self.mean
+
+
+@dataclass
+class Confirmation:
+    """The confirmed ranking (best first) and what it was measured against."""
+
+    seeds: list[int]
+    rows: list[ConfirmRow]
+    baseline: str
+    target_fid: float | None  # the baseline's final FID, mean over seeds
+    overrides: dict[str, Any] = field(default_factory=dict)  # confirm.set
+    kendall_tau: float | None = None  # search ranking vs confirmed ranking (candidates only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def winner(self) -> ConfirmRow | None:
+        return self.rows[0] if self.rows and self.rows[0].mean is not None else None
+
+    @property
+    def baseline_row(self) -> ConfirmRow | None:
+        return next((r for r in self.rows if r.baseline), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for row, raw in zip(self.rows, out["rows"], strict=True):
+            raw["winners_curse"] = row.winners_curse
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Confirmation:
+        rows = [ConfirmRow(**{k: v for k, v in r.items() if k != "winners_curse"})
+                for r in raw["rows"]]
+        return cls(**{**raw, "rows": rows})
+
+
+# --- Before the confirmation runs ---------------------------------------------------------------
+def search_seeds(cfg: Config, space: SearchSpace,
+                 points: Sequence[Mapping[str, Any]]) -> set[int]:
+    """Every training seed a search trial can use: the base seed, or what the space searches."""
+    spec = space.specs.get(SEED_KEY)
+    if spec is None:
+        seeds = {cfg.train.seed}
+    elif spec.choice is not None:
+        seeds = {int(v) for v in spec.choice}
+    elif spec.int_range is not None:
+        lo, hi = spec.int_range
+        seeds = set(range(int(lo), int(hi) + 1))
+    else:
+        seeds = set()
+    seeds |= {int(p[SEED_KEY]) for p in points if SEED_KEY in p}
+    return seeds
+
+
+def check_confirm(cfg: Config, space: SearchSpace, base: Mapping[str, Any],
+                  points: Sequence[Mapping[str, Any]]) -> None:
+    """One-line errors, before Ray starts, for a confirmation stage that cannot run as asked."""
+    c = cfg.search.confirm
+    if not c.enabled:
+        return
+    used = search_seeds(cfg, space, points) & set(c.seeds)
+    if used:
+        raise ConfigError(f"config error: search.confirm.seeds {sorted(used)} are also training "
+                          "seeds of the search trials; confirmation needs fresh seeds (e.g. "
+                          "--set 'search.confirm.seeds=[101, 102, 103]')")
+    try:
+        resolve_trial_config(base, {**c.set, SEED_KEY: c.seeds[0]})
+    except ConfigError as exc:
+        raise ConfigError(f"search.confirm.set: {exc}") from None
+    point = baseline_point(cfg, space, base, points)
+    try:
+        resolve_trial_config(base, {**point, **c.set}, space.labels)
+    except ConfigError as exc:
+        raise ConfigError(f"search.confirm.baseline {point}: {exc}") from None
+
+
+def baseline_point(cfg: Config, space: SearchSpace, base: Mapping[str, Any],
+                   points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The baseline as a point of the space (see ``ConfirmConfig.baseline``)."""
+    named = cfg.search.confirm.baseline
+    if isinstance(named, dict):
+        return dict(named)
+    if named is None and points:
+        return dict(points[0])
+    sampler = named or "uniform"
+    from tsearch.timesteps import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"config error: search.confirm.baseline = {sampler!r}: not a sampler; "
+                          f"choose one of {', '.join(SAMPLERS)} or give a point {{key: value}}")
+    point = default_point(space, base, sampler)
+    point[SAMPLER_KEY] = sampler  # also when the space does not choose the sampler
+    return point
+
+
+def _config_key(values: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in values.items() if k != SEED_KEY}, sort_keys=True,
+                      default=str)
+
+
+def _short(key: str) -> str:
+    if key.startswith("timesteps.sampler.params."):
+        return key.rsplit(".", 1)[-1]
+    return key.removeprefix("timesteps.").removesuffix(".name")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def describe(values: Mapping[str, Any], bundle: str | None = None) -> str:
+    """A readable label: the method (bundle label or sampler), then its other values."""
+    head = bundle or str(values.get(SAMPLER_KEY, "base"))
+    rest = [f"{_short(k)}={_fmt(v)}" for k, v in values.items()
+            if k not in (SAMPLER_KEY, SEED_KEY)]
+    return " ".join([head, *rest])
+
+
+def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
+               baseline: Mapping[str, Any]) -> list[Candidate]:
+    """The top-k distinct configurations by search FID, then the baseline (once).
+
+    ``trials`` are the search phase's :class:`~tsearch.search.tuner.TrialSummary` objects. A
+    trial that ran the baseline point (its values include the point's) stands for it, so the
+    baseline keeps the values the search gave its unlisted keys and its search FID.
+    """
+    ranked = sorted((t for t in trials if math.isfinite(t.best_fid)), key=lambda t: t.best_fid)
+    out: list[Candidate] = []
+    seen: dict[str, Candidate] = {}
+
+    def make(trial: Any) -> Candidate:
+        values = {k: v for k, v in trial.config.items() if k not in labels and k != SEED_KEY}
+        bundle = " ".join(str(trial.config[k]) for k in labels if k in trial.config) or None
+        return Candidate(label=describe(values, bundle), values=values,
+                         search_fid=trial.best_fid, search_kimg=trial.kimg,
+                         trial_id=trial.trial_id)
+
+    for trial in ranked:
+        if len(out) == top_k:
+            break
+        cand = make(trial)
+        key = _config_key(cand.values)
+        if key not in seen:
+            seen[key] = cand
+            out.append(cand)
+    wanted = {k: v for k, v in baseline.items() if k not in labels and k != SEED_KEY}
+    ran = [t for t in ranked if all(t.config.get(k) == v for k, v in wanted.items())]
+    base = make(ran[0]) if ran else Candidate(label=describe(wanted, None), values=wanted)
+    key = _config_key(base.values)
+    if key in seen:
+        seen[key].baseline = True
+    else:
+        base.baseline = True
+        out.append(base)
+    taken: dict[str, int] = {}
+    for cand in out:  # labels name rows: make them unique
+        taken[cand.label] = taken.get(cand.label, 0) + 1
+        if taken[cand.label] > 1:
+            cand.label = f"{cand.label} ({taken[cand.label]})"
+    return out
+
+
+def cells(cands: Sequence[Candidate], seeds: Sequence[int],
+          overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The confirmation trials' flat configs, seed-major (a partial stage ranks every one)."""
+    return [{LABEL: c.label, **c.values, **overrides, SEED_KEY: int(seed)}
+            for seed in seeds for c in cands]
+
+
+# --- After them ---------------------------------------------------------------------------------
+def rank(cands: Sequence[Candidate], trials: Sequence[Any], seeds: Sequence[int],
+         overrides: Mapping[str, Any], *, search: str, parent_run_id: str,
+         tracking_uri: str) -> Confirmation:
+    """The confirmed ranking: mean final FID over the seeds (best first), and speed-ups.
+
+    ``trials`` are the confirmation runs' TrialSummary objects (with compute per evaluation).
+    """
+    from tsearch.report.analysis import build_report
+    from tsearch.tracking.queries import TrialRecord
+
+    by_label = {c.label: c for c in cands}
+    rows = {c.label: ConfirmRow(label=c.label, values=c.values, baseline=c.baseline,
+                                search_fid=c.search_fid, seeds=[int(s) for s in seeds],
+                                finals=[None] * len(seeds), kimg=[None] * len(seeds),
+                                run_ids=[None] * len(seeds)) for c in cands}
+    records = []
+    for t in trials:
+        label, seed = t.config.get(LABEL), t.config.get(SEED_KEY)
+        if label not in rows or seed not in rows[label].seeds:
+            continue
+        row, i = rows[label], rows[label].seeds.index(seed)
+        finite = [(k, f) for k, f in t.fids if math.isfinite(f)]
+        row.run_ids[i] = t.run_id
+        if finite and t.status != "ERROR":
+            row.kimg[i], row.finals[i] = finite[-1]
+        records.append(TrialRecord(
+            run_id=t.run_id or t.trial_id, trial_id=t.trial_id,
+            status="FAILED" if t.status == "ERROR" else "FINISHED",
+            values={LABEL: label, SEED_KEY: seed},
+            config={k: by_label[label].values.get(k) for k in
+                    ("timesteps.sampler.name", "timesteps.weighting.name")},
+            fid=[(int(round(k * 1000)), f) for k, f in t.fids],
+            train_forwards=list(t.train_forwards), probe_forwards=list(t.probe_forwards)))
+    for row in rows.values():
+        got = np.array([f for f in row.finals if f is not None], dtype=np.float64)
+        if got.size:
+            row.mean = float(got.mean())
+            row.std = float(got.std(ddof=1)) if got.size > 1 else None
+    baseline = next(c.label for c in cands if c.baseline)
+    result = Confirmation(seeds=[int(s) for s in seeds], rows=list(rows.values()),
+                          baseline=baseline, target_fid=None, overrides=dict(overrides))
+    if any(r.fid for r in records):
+        report = build_report(records, search=search, parent_run_id=parent_run_id,
+                              tracking_uri=tracking_uri, seed_key=SEED_KEY, baseline=baseline)
+        for block in report.blocks:
+            result.notes.extend(block.notes)
+            result.target_fid = block.target_fid if block.baseline else result.target_fid
+            for r in block.rows:
+                if r.label in rows and r.target is not None:
+                    row = rows[r.label]
+                    row.kimg_to_target = r.target.kimg_curve
+                    row.compute_to_target = r.target.compute_curve
+                    row.speedup_kimg = r.target.ratio_kimg
+                    row.speedup_compute = r.target.ratio_compute
+    # Best first; a candidate with failed seeds after those with all of them.
+    result.rows.sort(key=lambda r: (r.mean is None, r.n < len(seeds),
+                                    r.mean if r.mean is not None else math.inf))
+    result.kendall_tau = kendall_tau(
+        [r.search_fid for r in result.rows if r.search_fid is not None and r.mean is not None],
+        [r.mean for r in result.rows if r.search_fid is not None and r.mean is not None])
+    return result
+
+
+def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
+    """Kendall's tau-b between two rankings of the same items (None with fewer than 2)."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.size < 2:
+        return None
+    i, j = np.triu_indices(a.size, k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    concordant = float(np.sum(da * db))
+    n_a, n_b = float(np.sum(da != 0)), float(np.sum(db != 0))
+    if n_a == 0 or n_b == 0:
+        return None
+    return concordant / math.sqrt(n_a * n_b)
+
+
+def best_config_yaml(raw: Mapping[str, Any], conf: Confirmation, search: str,
+                     parent_run_id: str | None) -> str:
+    """The confirmed winner's config file, its header saying what was confirmed and how."""
+    import yaml
+
+    w = conf.winner
+    assert w is not None
+    spread = f" ± {w.std:.2f}" if w.std is not None else ""
+    speed = (f", {w.speedup_kimg:.2f}x the baseline's speed to its final FID"
+             if w.speedup_kimg is not None else "")
+    head = (f"# Confirmed winner of search {search!r}: {w.label}\n"
+            f"# FID {w.mean:.2f}{spread} over training seeds {', '.join(map(str, w.seeds))} "
+            f"(fresh: no search trial used them){speed}; search FID "
+            + (f"{w.search_fid:.2f}" if w.search_fid is not None else "n/a")
+            + f" (MLflow parent run {parent_run_id}).\n"
+            "# Train it alone: tsearch train THIS_FILE\n"
+            "# In your own loop: tsearch.timesteps.from_config(THIS_FILE)\n")
+    return head + yaml.safe_dump(dict(raw), sort_keys=False)
+
+
+def phase_meta(meta: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The trainable's meta for one phase: its tag, and the label keys it drops."""
+    out = {**meta, "phase": phase}
+    if phase == names.PHASE_CONFIRM:
+        out["labels"] = [LABEL]
+    return out
