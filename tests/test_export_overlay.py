@@ -101,8 +101,11 @@ def assert_portable(path: Path, root: Path) -> None:
 
 def test_export_picks_the_confirmed_winner(capfd, here, confirmed_store):
     uri, root = confirmed_store
+    before = sorted((p.relative_to(root), p.read_bytes()) for p in root.rglob("*") if p.is_file())
     result = run_cli(capfd, "export", "best", "-o", "best.yaml", "--tracking-uri", uri)
     assert result.code == 0 and result.err == "", result.err
+    after = sorted((p.relative_to(root), p.read_bytes()) for p in root.rglob("*") if p.is_file())
+    assert after == before  # read only: no lock file, no schema, no artifact touched
     assert result.out.splitlines() == [
         f"confirmed winner of search {SEARCH} (speed k=4.5 + p2, FID 39.12 ± 2.87 over 3 "
         "seeds), config -> best.yaml"]

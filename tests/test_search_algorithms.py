@@ -90,7 +90,7 @@ class EveryChoiceOnce(SearchAlgorithm):
         key, spec = next(iter(space.specs.items()))
         return [{key: v} for v in spec.values() or []]
 
-    def build(self, cfg: Config, space: SearchSpace, name: str) -> Proposal:
+    def build(self, cfg: Config, space: SearchSpace, name: str, warm=()) -> Proposal:
         from ray import tune
 
         return Proposal(search_alg=None,

@@ -712,7 +712,7 @@ def load_resolved(path: str | Path) -> Config:
 # their defaults back, so it trains the same way anywhere (tracking goes to the reader's store).
 MACHINE_FIELDS = (("tracking", "uri"), ("tracking", "artifact_root"), ("eval", "cache_dir"),
                   ("train", "out_dir"), ("train", "device"), ("train", "threads"),
-                  ("train", "progress"), ("tracking", "run_name"))
+                  ("train", "progress"), ("tracking", "run_name"), ("eval", "inception_weights"))
 
 
 def portable_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -720,7 +720,8 @@ def portable_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
 
     What a search resolved for its trials (absolute cache and store paths, one thread per trial,
     the trial device) would otherwise travel into ``tsearch export`` files and from there onto
-    another machine. ``data.root`` stays: it names the data the recipe was found on.
+    another machine. ``data.root`` stays: it names the data the recipe was found on (the
+    Inception weights file does not: the reader gives their own, or TSEARCH_INCEPTION_WEIGHTS).
     """
     out = json.loads(json.dumps(dict(raw)))  # a deep copy of JSON-safe values
     out.pop("search", None)

@@ -219,6 +219,14 @@ def search(
             typer.echo(f"#   {line}")
         for i, cell in enumerate(checked.cells or []):
             typer.echo(f"# cell {i:3d}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
+        for i, point in enumerate(checked.points):
+            typer.echo(f"# point {i:2d} (tried first): "
+                       + ", ".join(f"{k}={v}" for k, v in point.items()))
+        c = cfg.search.confirm
+        if c.enabled:
+            typer.echo(f"# then confirmation: top {c.top_k} and the baseline, each on seeds "
+                       f"{list(c.seeds)} at full budget"
+                       + (f", with {c.set}" if c.set else ""))
         if warm_line:
             typer.echo(f"# {warm_line}")
         return
@@ -411,8 +419,8 @@ def export_best(
 ) -> None:
     """Write a search's answer: its confirmed winner when it has one, else its best trial.
 
-    `tsearch train FILE` runs a full export as is; an overlay (--only) applies onto another
-    config."""
+    `tsearch train FILE` runs a full export; `train BASE --overlay FILE` applies an overlay.
+    """
     from tsearch.config import parse_sections
     from tsearch.tracking.export import export_best as exported_config
 

@@ -186,16 +186,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def describe(values: Mapping[str, Any], bundle: str | None = None) -> str:
-    """A readable label: the method (bundle label or sampler), then its other values."""
-    head = bundle or str(values.get(SAMPLER_KEY, "base"))
+def describe(values: Mapping[str, Any], bundle: str | None = None,
+             sampler: str = "uniform") -> str:
+    """A readable label: the method (bundle label or sampler), then its other values.
+
+    ``sampler``: the base config's, for values that do not choose one.
+    """
+    head = bundle or str(values.get(SAMPLER_KEY, sampler))
     rest = [f"{_short(k)}={_fmt(v)}" for k, v in values.items()
             if k not in (SAMPLER_KEY, SEED_KEY)]
     return " ".join([head, *rest])
 
 
 def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
-               baseline: Mapping[str, Any]) -> list[Candidate]:
+               baseline: Mapping[str, Any], sampler: str = "uniform") -> list[Candidate]:
     """The top-k distinct configurations by search FID, then the baseline (once).
 
     ``trials`` are the search phase's :class:`~tsearch.search.tuner.TrialSummary` objects. A
@@ -209,7 +213,7 @@ def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
     def make(trial: Any) -> Candidate:
         values = {k: v for k, v in trial.config.items() if k not in labels and k != SEED_KEY}
         bundle = " ".join(str(trial.config[k]) for k in labels if k in trial.config) or None
-        return Candidate(label=describe(values, bundle), values=values,
+        return Candidate(label=describe(values, bundle, sampler), values=values,
                          search_fid=trial.best_fid, search_kimg=trial.kimg,
                          trial_id=trial.trial_id)
 
@@ -223,7 +227,8 @@ def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
             out.append(cand)
     wanted = {k: v for k, v in baseline.items() if k not in labels and k != SEED_KEY}
     ran = [t for t in ranked if all(t.config.get(k) == v for k, v in wanted.items())]
-    base = make(ran[0]) if ran else Candidate(label=describe(wanted, None), values=wanted)
+    base = make(ran[0]) if ran else Candidate(label=describe(wanted, None, sampler),
+                                              values=wanted)
     key = _config_key(base.values)
     if key in seen:
         seen[key].baseline = True

@@ -47,8 +47,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> Path | None:
             rc.ENABLE_RAY_CLUSTER = False  # already imported: switch the constant it read
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         # Ray's default for a new local cluster, said explicitly: Ray then does not print a
-        # warning line about it before our own output.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # warning line about it before our own output. Only before Ray is imported: Ray reads
+        # it at import, and a driver that read "unset" is refused by a cluster started with it.
+        if "ray" not in sys.modules:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Tiny trials checkpoint every few seconds by design; Tune warns about each snapshot.

@@ -378,7 +378,8 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
         cands = [confirming.Candidate(**x) for x in saved]
     else:
         point = confirming.baseline_point(cfg, checked.space, base, checked.points)
-        cands = confirming.candidates(result.trials, checked.space.labels, c.top_k, point)
+        cands = confirming.candidates(result.trials, checked.space.labels, c.top_k, point,
+                                      sampler=cfg.timesteps.sampler.name)
         state["confirm"] = {"candidates": [asdict(x) for x in cands]}
         _write_state(exp_path / names.SEARCH_STATE, state)
     used = {int(t.config.get(confirming.SEED_KEY, cfg.train.seed)) for t in result.trials}

@@ -74,7 +74,7 @@ def _header(parent: RunRow, confirmed: bool, sections: Sequence[str] | None) -> 
         mean = parent.metrics.get(names.CONFIRM_FID_MEAN)
         std = parent.metrics.get(names.CONFIRM_FID_STD)
         seeds = _confirm_seeds(parent)
-        spread = f" ± {_fid(std)}" if std is not None else ""
+        spread = f" ± {_fid(std)}" if std is not None and math.isfinite(std) else ""
         over = f"mean ± std over {seeds} fresh seeds" if seeds else "mean over fresh seeds"
         lines = [f"# Confirmed winner of search {search!r}: {label}, FID {_fid(mean)}{spread}",
                  f"# ({over}: retrained from scratch at the full budget on seeds no search",
@@ -126,7 +126,7 @@ def export_best(uri: str, ref: str | None, *, unconfirmed: bool = False,
         summary = (f"confirmed winner of search {parent.name} "
                    f"({_one_line(parent.tags.get(names.TAG_CONFIRMED, ''))}, FID "
                    f"{_fid(parent.metrics.get(names.CONFIRM_FID_MEAN))}"
-                   + (f" ± {_fid(std)}" if std is not None else "")
+                   + (f" ± {_fid(std)}" if std is not None and math.isfinite(std) else "")
                    + (f" over {seeds} seeds" if seeds else "") + f"), {what}")
     else:
         summary = (f"best {what} of search {parent.name} (FID {_fid(parent.best_fid)}, "
