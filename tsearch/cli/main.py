@@ -289,17 +289,24 @@ def submit(
 
 
 def _print_search_result(result) -> None:
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
 
+    from tsearch.search.confirm import describe
+
     table = Table(title=f"search {result.name}: best trials ({len(result.trials)} run, "
                   f"{result.seconds:.0f} s)")
-    for col in ("trial", "status", "best FID", "kimg", "configuration"):
-        table.add_column(col)
+    for col in ("trial", "status", "best FID", "kimg"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("configuration")
     for t in sorted(result.trials, key=lambda t: t.best_fid)[:10]:
-        conf = ", ".join(f"{k.replace('timesteps.', '')}={_fmt(v)}" for k, v in t.config.items())
+        bundle = " ".join(str(t.config[k]) for k in result.labels if k in t.config) or None
+        conf = describe({k: v for k, v in t.config.items() if k not in result.labels}, bundle)
         table.add_row(t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf)
-    console = Console()
+    # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 then).
+    console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 120))
     console.print(table)
     if result.confirmation is not None:
         console.print(_confirm_table(result.confirmation))
@@ -331,9 +338,11 @@ def _confirm_table(conf):
                   f"{', '.join(map(str, conf.seeds))}" + (
                       f" with {', '.join(f'{k}={v}' for k, v in conf.overrides.items())}"
                       if conf.overrides else ""))
-    for col in ("#", "configuration", "search FID", "confirmed FID", "per seed",
-                f"kimg to baseline's FID{target}", "speed-up (kimg)", "speed-up (compute)"):
-        table.add_column(col)
+    table.add_column("#", no_wrap=True, min_width=1)
+    table.add_column("configuration", min_width=30)
+    for col in ("search FID", "confirmed FID", "per seed", f"kimg to FID{target}",
+                "speed-up kimg", "speed-up compute"):
+        table.add_column(col, no_wrap=True)
     for i, row in enumerate(conf.rows, 1):
         mean = "failed" if row.mean is None else (
             f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else ""))
