@@ -466,6 +466,10 @@ def report(
     ] = None,
     baseline: Annotated[str, typer.Option("--baseline", help="Row the speed-ups are relative "
                                           "to (its final FID is the target).")] = "uniform",
+    phase: Annotated[str, typer.Option("--phase", help="Trials to report: confirm (the "
+                                       "retrained top configurations, on fresh seeds), search "
+                                       "(the proposals), or auto: confirm when the search has "
+                                       "a confirmation stage.")] = "auto",
 ) -> None:
     """Tables and plots of a search: FID per cell and kimg, speed-ups, learned p(t)."""
     from tsearch.report import build_report, check_options, write_report
@@ -476,6 +480,9 @@ def report(
         search_trials,
     )
 
+    if phase not in ("auto", names.PHASE_SEARCH, names.PHASE_CONFIRM):
+        raise ConfigError(f"--phase {phase!r}: choose auto, {names.PHASE_SEARCH} or "
+                          f"{names.PHASE_CONFIRM}")
     _check_output_dir(output)
     uri = resolve_read_uri(tracking_uri)
     shown = names.mask_uri(uri)
@@ -485,6 +492,9 @@ def report(
     parents = [parent for parent, _ in listed]
     records = [r for _, found in listed for r in found]
     title = " + ".join(p.name for p in parents)
+    records, phase = _phase_records(records, phase, title)
+    kept = {id(r) for r in records}
+    listed = [(parent, [r for r in found if id(r) in kept]) for parent, found in listed]
     # Options are checked on the listing, so a typo costs one query, not a fetch of every trial.
     check_options(records, search=title, seed_key=seed_key, baseline=baseline)
     tty = sys.stderr.isatty()
@@ -507,6 +517,24 @@ def report(
                f"{len(rep.blocks)} block(s)) -> {output}/")
     for path in paths.values():
         typer.echo(f"  {path}")
+
+
+def _phase_records(records: list, phase: str, title: str) -> tuple[list, str]:
+    """One phase's trials: a search's proposals and its confirmation runs are different
+    experiments (one seed and early stopping vs fresh seeds at full budget)."""
+    def of(r) -> str:
+        return r.phase or names.PHASE_SEARCH  # stores before phases had search trials only
+
+    if phase == "auto":
+        phase = (names.PHASE_CONFIRM if any(of(r) == names.PHASE_CONFIRM for r in records)
+                 else names.PHASE_SEARCH)
+        if phase == names.PHASE_CONFIRM:
+            print(f"report of {title}: its confirmation runs (--phase search for the "
+                  "proposals)", file=sys.stderr)
+    chosen = [r for r in records if of(r) == phase]
+    if not chosen:
+        raise ConfigError(f"--phase {phase}: search {title} has no {phase}-phase trials")
+    return chosen, phase
 
 
 timesteps_app = typer.Typer(help="Inspect timestep samplers and weightings.")
