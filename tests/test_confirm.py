@@ -123,9 +123,9 @@ def test_candidates_are_distinct_top_k_then_the_baseline_once():
     assert [c.baseline for c in cands] == [False, False, True]
     assert cands[2].values == {"timesteps.sampler.name": "uniform", "optim.lr": 2e-3}
     assert len({c.label for c in cands}) == 3
-    # The baseline among the top-k is confirmed once, as the baseline.
-    cands = confirming.candidates(trials, [], 3, {"timesteps.sampler.name": "lsm"})
-    assert [c.trial_id for c in cands] == ["a", "c", "d"] and cands[1].baseline
+    # A baseline among the best is confirmed once, as the baseline; the next one fills in.
+    cands = confirming.candidates(trials, [], 2, {"timesteps.sampler.name": "lsm"})
+    assert [c.trial_id for c in cands] == ["a", "d", "c"] and cands[2].baseline
     cells = confirming.cells(cands, [101, 102], {"train.total_kimg": 40})
     assert [(c["method"], c["train.seed"]) for c in cells[:3]] == [
         (cands[0].label, 101), (cands[1].label, 101), (cands[2].label, 101)]

@@ -284,7 +284,7 @@ class ConfirmConfig(_Section):
     """
 
     enabled: bool = False
-    top_k: int = Field(3, ge=1, le=100)  # distinct configurations, best search FID first
+    top_k: int = Field(3, ge=1, le=100)  # distinct configurations besides the baseline
     # Training seeds (train.seed) of the confirmation runs: none may be one a search trial used.
     seeds: tuple[Seed, ...] = Field((101, 102, 103), min_length=1, max_length=100)
     # The baseline retrained beside them: None = the first points_to_evaluate (else uniform at

@@ -200,15 +200,15 @@ def describe(values: Mapping[str, Any], bundle: str | None = None,
 
 def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
                baseline: Mapping[str, Any], sampler: str = "uniform") -> list[Candidate]:
-    """The top-k distinct configurations by search FID, then the baseline (once).
+    """The top-k distinct configurations by search FID other than the baseline, then it.
 
     ``trials`` are the search phase's :class:`~tsearch.search.tuner.TrialSummary` objects. A
     trial that ran the baseline point (its values include the point's) stands for it, so the
-    baseline keeps the values the search gave its unlisted keys and its search FID.
+    baseline keeps the values the search gave its unlisted keys and its search FID; when it
+    ranks among the best, the next configuration takes its place, so k configurations are
+    always checked against it.
     """
     ranked = sorted((t for t in trials if math.isfinite(t.best_fid)), key=lambda t: t.best_fid)
-    out: list[Candidate] = []
-    seen: dict[str, Candidate] = {}
 
     def make(trial: Any) -> Candidate:
         values = {k: v for k, v in trial.config.items() if k not in labels and k != SEED_KEY}
@@ -217,24 +217,22 @@ def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
                          search_fid=trial.best_fid, search_kimg=trial.kimg,
                          trial_id=trial.trial_id)
 
+    wanted = {k: v for k, v in baseline.items() if k not in labels and k != SEED_KEY}
+    ran = [t for t in ranked if all(t.config.get(k) == v for k, v in wanted.items())]
+    base = make(ran[0]) if ran else Candidate(label=describe(wanted, None, sampler),
+                                              values=wanted)
+    base.baseline = True
+    seen = {_config_key(base.values)}
+    out: list[Candidate] = []
     for trial in ranked:
         if len(out) == top_k:
             break
         cand = make(trial)
         key = _config_key(cand.values)
         if key not in seen:
-            seen[key] = cand
+            seen.add(key)
             out.append(cand)
-    wanted = {k: v for k, v in baseline.items() if k not in labels and k != SEED_KEY}
-    ran = [t for t in ranked if all(t.config.get(k) == v for k, v in wanted.items())]
-    base = make(ran[0]) if ran else Candidate(label=describe(wanted, None, sampler),
-                                              values=wanted)
-    key = _config_key(base.values)
-    if key in seen:
-        seen[key].baseline = True
-    else:
-        base.baseline = True
-        out.append(base)
+    out.append(base)
     taken: dict[str, int] = {}
     for cand in out:  # labels name rows: make them unique
         taken[cand.label] = taken.get(cand.label, 0) + 1
