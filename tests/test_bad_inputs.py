@@ -675,7 +675,8 @@ def test_search_result_lines_mask_the_tracking_uri(capfd):
 
     capfd.readouterr()
     _print_search_result(SimpleNamespace(name="s", trials=[], seconds=1.0, parent_run_id="p",
-                                         tracking_uri="http://alice:s3cret@10.9.8.7:5000"))
+                                         tracking_uri="http://alice:s3cret@10.9.8.7:5000",
+                                         labels=[], confirmation=None))
     out = capfd.readouterr().out
     assert "open http://alice:***@10.9.8.7:5000" in out and "s3cret" not in out
 
