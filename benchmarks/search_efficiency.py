@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -122,6 +123,7 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Path
                    ) -> dict[str, Any]:
+    """One search in a throw-away store (``work`` is the scratch directory); its evaluations."""
     from tsearch.search.tuner import run_search
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -153,7 +155,12 @@ def _confirm_run(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, float
                             "train.progress": False, "tracking.backend": "none",
                             "eval.at_kimg": [total], "eval.cache_dir": f"{work}/cache",
                             "train.out_dir": f"{work}/runs"})
-    result = train(validate_config(raw), log=lambda _msg: None)
+    try:
+        result = train(validate_config(raw), log=lambda _msg: None)
+    except Exception as exc:  # a diverged or failed run is a result (no FID), not a crash
+        print(f"  seed {seed}: run failed ({str(exc).splitlines()[0][:200]})", flush=True)
+        return seed, None
+    shutil.rmtree(result.run_dir, ignore_errors=True)  # only its FID is kept
     return seed, result.final_fid
 
 
@@ -175,7 +182,8 @@ def confirm_configs(config: str, todo: dict[str, dict[str, Any]], seeds: Sequenc
             entry = cache.setdefault(key, {"values": todo[key], "finals": {}})
             entry["finals"][str(seed)] = fid
             _save(cache_path, cache)
-            print(f"  [{i}/{len(jobs)}] {key} seed {seed}: FID {fid:.2f}", flush=True)
+            shown = "failed" if fid is None else f"{fid:.2f}"
+            print(f"  [{i}/{len(jobs)}] {key} seed {seed}: FID {shown}", flush=True)
             if time.monotonic() > deadline:
                 for f in futures:
                     f.cancel()
@@ -287,13 +295,17 @@ def main() -> None:
     ap.add_argument("--confirm-seeds", default="101,102,103")
     ap.add_argument("--workers", type=int, default=2, help="confirmation runs at once")
     ap.add_argument("--max-minutes", type=float, default=math.inf)
-    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "search_efficiency"))
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "search_efficiency"),
+                    help="where the finished searches and confirmations are kept (JSON)")
+    ap.add_argument("--scratch", default=str(ROOT / "tsearch-runs" / "search_efficiency"),
+                    help="stores, checkpoints and FID caches of the runs (not kept)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                          "search_efficiency.json"))
     args = ap.parse_args()
     deadline = time.monotonic() + 60 * args.max_minutes
-    work = Path(args.work)
+    work, scratch = Path(args.work), Path(args.scratch)
     work.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.confirm_seeds.split(",")]
     total = load_config(args.config).train.total_kimg
     budget = args.budget_trials * total
@@ -301,7 +313,7 @@ def main() -> None:
     searches, cache = _load(searches_path), _load(cache_path)
     defaults = default_configs(args.config)
     # The paper defaults first: the yardstick every search is held to.
-    confirm_configs(args.config, {config_key(v): v for v in defaults.values()}, seeds, work,
+    confirm_configs(args.config, {config_key(v): v for v in defaults.values()}, seeds, scratch,
                     cache, cache_path, deadline, args.workers)
     for seed in range(1, args.repeats + 1):
         for algo in args.algorithms.split(","):
@@ -312,7 +324,7 @@ def main() -> None:
             # ASHA stops most trials at the first rung: more trials fit in the same budget.
             n = int(args.budget_trials) if full else int(math.ceil(args.budget_trials * 3))
             print(f"search {name}: {n} trials, budget {budget:g} trial-kimg", flush=True)
-            searches[name] = run_one_search(args.config, algo, seed, n, work)
+            searches[name] = run_one_search(args.config, algo, seed, n, scratch)
             _save(searches_path, searches)
             todo = {}
             for b in (f * budget for f in FRACTIONS):
@@ -320,7 +332,7 @@ def main() -> None:
                 if trial is not None:
                     values = searched_values(searches[name]["trials"][trial], [])
                     todo[config_key(values)] = values
-            confirm_configs(args.config, todo, seeds, work, cache, cache_path, deadline,
+            confirm_configs(args.config, todo, seeds, scratch, cache, cache_path, deadline,
                             args.workers)
     summary = summarise(searches, cache, defaults, budget, seeds)
     plot(summary, Path(args.out).with_suffix(".png"))
