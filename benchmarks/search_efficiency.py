@@ -103,7 +103,8 @@ def compute_to_reach(budgets: Sequence[float], medians: Sequence[float | None],
 
 
 def quartiles(values: Sequence[float]) -> dict[str, float | None]:
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    # A failed recommendation (inf) is the worst result, not a missing one.
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return {"median": None, "q25": None, "q75": None, "n": 0}
     q25, med, q75 = np.percentile(x, [25, 50, 75])
@@ -210,9 +211,12 @@ def summarise(searches: dict[str, Any], cache: dict[str, Any], defaults: dict[st
               budget: float, seeds: Sequence[int]) -> dict[str, Any]:
     """Median/IQR tables, compute to random's median final quality, best default."""
     def mean_of(key: str) -> float | None:
-        finals = [cache.get(key, {}).get("finals", {}).get(str(s)) for s in seeds]
-        got = [f for f in finals if f is not None]
-        return float(np.mean(got)) if len(got) == len(seeds) else None
+        """Mean final FID over the seeds; inf if a run failed; None while some are missing."""
+        recorded = cache.get(key, {}).get("finals", {})
+        if any(str(s) not in recorded for s in seeds):
+            return None
+        finals = [recorded[str(s)] for s in seeds]
+        return math.inf if None in finals else float(np.mean(finals))
 
     budgets = [f * budget for f in FRACTIONS]
     per_algo: dict[str, Any] = {}

@@ -44,5 +44,6 @@ def test_compute_to_reach_interpolates_the_median_curve():
 def test_quartiles_and_config_key():
     q = eff.quartiles([1.0, 2.0, 3.0, 4.0, math.nan, None])
     assert (q["median"], q["q25"], q["q75"], q["n"]) == (2.5, 1.75, 3.25, 4)
+    assert eff.quartiles([1.0, 2.0, math.inf])["median"] == 2.0  # a failed run ranks last
     assert eff.config_key({"a": 1, "b": 2}) == eff.config_key({"b": 2, "a": 1})
     assert eff.config_key({"a": 1}) != eff.config_key({"a": 2})
