@@ -107,8 +107,10 @@ def quartiles(values: Sequence[float]) -> dict[str, float | None]:
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return {"median": None, "q25": None, "q75": None, "n": 0}
-    q25, med, q75 = np.percentile(x, [25, 50, 75])
-    return {"median": float(med), "q25": float(q25), "q75": float(q75), "n": int(x.size)}
+    big = np.finfo(np.float64).max / 4  # inf would turn interpolation into NaN
+    q = np.percentile(np.minimum(x, big), [25, 50, 75])
+    q25, med, q75 = (math.inf if v >= big / 2 else float(v) for v in q)
+    return {"median": med, "q25": q25, "q75": q75, "n": int(x.size)}
 
 
 # --- Running --------------------------------------------------------------------------------------
