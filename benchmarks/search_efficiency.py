@@ -180,18 +180,21 @@ def confirm_configs(config: str, todo: dict[str, dict[str, Any]], seeds: Sequenc
         futures = {}
         for key, values, seed in jobs:
             futures[pool.submit(_confirm_run, (config, values, seed, str(work)))] = key
+        stopping = False
         for i, (future, key) in enumerate(futures.items(), 1):
+            if future.cancelled():
+                continue
             seed, fid = future.result()
             entry = cache.setdefault(key, {"values": todo[key], "finals": {}})
             entry["finals"][str(seed)] = fid
             _save(cache_path, cache)
             shown = "failed" if fid is None else f"{fid:.2f}"
             print(f"  [{i}/{len(jobs)}] {key} seed {seed}: FID {shown}", flush=True)
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and not stopping:
+                stopping = True  # the runs in flight still finish and are recorded
                 for f in futures:
                     f.cancel()
                 print("time limit: stopping after the runs in flight", flush=True)
-                return
 
 
 def searched_values(trial_config: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
