@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tsearch.config import load_config  # noqa: E402
+from tsearch.report.curves import kimg_to_target  # noqa: E402
 from tsearch.search.space import merge_flat  # noqa: E402
 
 ALGORITHMS: dict[str, list[str]] = {  # label -> overrides of the search config
@@ -88,18 +89,12 @@ def config_key(values: dict[str, Any]) -> str:
 
 def compute_to_reach(budgets: Sequence[float], medians: Sequence[float | None],
                      target: float) -> float | None:
-    """First budget at which a median anytime curve is at or below ``target`` (interpolated)."""
-    prev: tuple[float, float] | None = None
-    for b, m in zip(budgets, medians, strict=True):
-        if m is None:
-            continue
-        if m <= target:
-            if prev is None or prev[1] == m:
-                return float(b)
-            frac = (prev[1] - target) / (prev[1] - m)
-            return float(prev[0] + frac * (b - prev[0]))
-        prev = (float(b), float(m))
-    return None
+    """First budget at which a median anytime curve is at or below ``target``: the report's
+    interpolation rule (``kimg_to_target``) over the budgets that have a median."""
+    points = [(b, m) for b, m in zip(budgets, medians, strict=True) if m is not None]
+    if not points:
+        return None
+    return kimg_to_target([b for b, _ in points], [m for _, m in points], target)[0]
 
 
 def quartiles(values: Sequence[float]) -> dict[str, float | None]:

@@ -157,6 +157,7 @@ def test_rank_orders_by_mean_final_fid_and_measures_speed_like_the_report():
     assert fast.speedup_kimg == pytest.approx(12.0 / 7.8)
     assert fast.compute_to_target == pytest.approx(3 * 7800)
     assert fast.winners_curse == pytest.approx(20.0 - 32.0)
+    assert [v for point in fast.curve for v in point] == pytest.approx([4, 61, 8, 41, 12, 32])
     assert conf.kendall_tau == pytest.approx(1.0)
     assert confirming.Confirmation.from_json(json.loads(json.dumps(conf.to_json()))).rows[0] \
         .label == "fast"

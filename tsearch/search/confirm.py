@@ -66,6 +66,7 @@ class ConfirmRow:
     compute_to_target: float | None = None  # forward passes, probes charged
     speedup_kimg: float | None = None  # baseline's kimg_to_target / this one (> 1: faster)
     speedup_compute: float | None = None
+    curve: list[tuple[float, float]] = field(default_factory=list)  # seed-mean (kimg, FID)
 
     @property
     def n(self) -> int:
@@ -297,6 +298,9 @@ def rank(cands: Sequence[Candidate], trials: Sequence[Any], seeds: Sequence[int]
             result.notes.extend(block.notes)
             result.target_fid = block.target_fid if block.baseline else result.target_fid
             for r in block.rows:
+                if r.label in rows:  # the seed-mean curve over the evaluations all seeds have
+                    rows[r.label].curve = [(e.kimg, e.mean) for e in r.evals
+                                           if e is not None and e.n == r.n]
                 if r.label in rows and r.target is not None:
                     row = rows[r.label]
                     row.kimg_to_target = r.target.kimg_curve

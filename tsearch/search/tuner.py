@@ -368,7 +368,6 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
     from tsearch.search.space import GRID_KEY
 
     c, s = cfg.search.confirm, cfg.search
@@ -407,11 +406,8 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
             tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(),
                                         max_concurrent_trials=c.max_concurrent or
                                         s.max_concurrent, reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=CONFIRM_SUBDIR, storage_path=_join(storage, checked.name),
-                callbacks=[MlflowTrialCallback(uri), ProgressCallback(say, [confirming.LABEL])],
-                verbose=0, failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep)))
+            run_config=_run_config(s, CONFIRM_SUBDIR, _join(storage, checked.name), uri,
+                                   say, [confirming.LABEL]))
     grid = tuner.fit()
     _prune_checkpoints(cexp, s.num_to_keep)
     result.confirm_trials = _summaries(grid)
@@ -429,8 +425,6 @@ def _join(storage: str, *parts: str) -> str:
 def _finish_confirm(parent, result: SearchResult, base: dict[str, Any], exp_path: Path,
                     overrides: dict[str, Any]) -> None:
     """The confirmed ranking, its curves and the winner's config on the parent run."""
-    import numpy as np
-
     from tsearch import plots
     from tsearch.config import portable_dict
     from tsearch.search.space import merge_flat
@@ -441,15 +435,9 @@ def _finish_confirm(parent, result: SearchResult, base: dict[str, Any], exp_path
     out.mkdir(parents=True, exist_ok=True)
     (out / names.ARTIFACT_CONFIRMED).write_text(json.dumps(conf.to_json(), indent=2) + "\n")
     parent.log_artifact(out / names.ARTIFACT_CONFIRMED)
-    series = {}
-    for row in conf.rows:
-        runs = [t.fids for t in result.confirm_trials
-                if t.config.get(confirming.LABEL) == row.label and t.fids]
-        n = min((len(f) for f in runs), default=0)
-        if n:
-            kimgs = np.mean([[k for k, _ in f[:n]] for f in runs], axis=0)
-            fids = np.mean([[v for _, v in f[:n]] for f in runs], axis=0)
-            series[f"{row.label}{' (baseline)' if row.baseline else ''}"] = (kimgs, fids)
+    series = {f"{row.label}{' (baseline)' if row.baseline else ''}":
+              ([k for k, _ in row.curve], [f for _, f in row.curve])
+              for row in conf.rows if row.curve}
     if series:
         parent.log_artifact(plots.plot_fid_curve(
             series, out / "confirm_fid_vs_kimg.png",
@@ -535,11 +523,8 @@ def _forget_start(exp_path: Path) -> None:
 def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path, say):
     from ray import tune
 
-    from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
-
     s = cfg.search
     trainable = _trainable(cfg, base, meta)
-    callbacks = [MlflowTrialCallback(uri), ProgressCallback(say, checked.space.labels)]
     if resume:
         say(f"resuming {exp_path}")
         _stub_pruned_checkpoints(exp_path)
@@ -558,12 +543,21 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
             max_concurrent_trials=proposal.max_concurrent_trials,
             scheduler=proposal.scheduler, reuse_actors=False,
         ),
-        run_config=tune.RunConfig(
-            name=checked.name, storage_path=storage, callbacks=callbacks, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep),
-        ),
+        run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels),
     )
+
+
+def _run_config(s, name: str, storage_path: str, uri: str, say, labels: list[str]):
+    """One phase's Tune run config: its storage, progress lines, MLflow closing, retries."""
+    from ray import tune
+
+    from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
+
+    return tune.RunConfig(
+        name=name, storage_path=storage_path, verbose=0,
+        callbacks=[MlflowTrialCallback(uri), ProgressCallback(say, labels)],
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep))
 
 
 def _trainable(cfg: Config, base: dict[str, Any], meta: dict[str, Any]):
