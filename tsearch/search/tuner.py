@@ -89,18 +89,15 @@ def asha_milestones(cfg: Config) -> list[float]:
     """The kimg at which ASHA compares trials: Ray's rungs for this search config.
 
     ``AsyncHyperBandScheduler`` puts bracket ``s``'s rungs at grace * rf^(k + s) for k below
-    int(log(max_t / grace) / log(rf) - s + 1); the same numpy arithmetic here, so the
-    evaluation points and the scheduler's milestones cannot drift apart (tested against Ray).
+    int(log(max_t / grace) / log(rf) - s + 1): every bracket's rungs are among bracket 0's, so
+    those are all of them. The same numpy arithmetic here, so the evaluation points and the
+    scheduler's milestones cannot drift apart (tested against Ray, with several brackets).
     """
     a = cfg.search.asha
     if not a.enabled:
         return []
-    max_t, rf = cfg.train.total_kimg, a.reduction_factor
-    out: set[float] = set()
-    for s in range(a.brackets):
-        rungs = int(np.log(max_t / a.grace_kimg) / np.log(rf) - s + 1)
-        out.update(float(a.grace_kimg * rf ** (k + s)) for k in range(rungs))
-    return sorted(k for k in out if k <= max_t)
+    rungs = int(np.log(cfg.train.total_kimg / a.grace_kimg) / np.log(a.reduction_factor) + 1)
+    return [float(a.grace_kimg * a.reduction_factor ** k) for k in range(rungs)]
 
 
 def search_eval_points(cfg: Config) -> list[float]:
