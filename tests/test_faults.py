@@ -5,7 +5,10 @@
 - the search driver is SIGKILLed right after a trial trained to its end, then ``--resume``d:
   that trial is not trained again, nothing is duplicated or shrunk;
 - after that (real) search, each trial holds at most ``search.num_to_keep`` checkpoints and no
-  Ray session directory is left in the temp directory.
+  Ray session directory is left in the temp directory;
+- a Tune state file cut short (a kill while Ray copied it into the storage) is put back from the
+  killed driver's staging copy, or, with none, the resume stops in one line instead of starting
+  the search over.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def killed_and_resumed(tmp_path_factory):
     resumed = subprocess.run(_cli("search", *args, "--resume"), cwd=work, env=_env(tmp),
                              text=True, capture_output=True, timeout=600)
     yield {"work": work, "exp": exp, "tmp": tmp, "first": first, "before": before,
-           "resumed": resumed, "sessions_before": sessions_before}
+           "resumed": resumed, "sessions_before": sessions_before, "args": args}
     subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -178,3 +181,43 @@ def test_search_keeps_num_to_keep_checkpoints_and_no_ray_session(killed_and_resu
     with sqlite3.connect(k["work"] / "mlflow.db") as con:
         disk = con.execute("select value from metrics where key='disk/trial_mb'").fetchall()
     assert disk and all(0 < v < 50 for (v,) in disk)
+
+
+def test_resume_puts_back_a_state_file_cut_short_or_stops(killed_and_resumed):
+    """Last in this module: it cuts the fixture's state files (and mends them)."""
+    k = killed_and_resumed
+    assert k["resumed"].returncode == 0, k["resumed"].stderr
+    exp, work, tmp = k["exp"], k["work"], k["tmp"]
+    states = sorted(exp.glob("searcher-state-*.pkl"))
+    assert len(states) == 2  # the killed driver's, then the resumed one's (newest, loaded first)
+    killed_state, newest = states
+    trials = sorted(p.name for p in _trial_dirs(exp))
+
+    def resume():
+        return subprocess.run(_cli("search", *k["args"], "--resume"), cwd=work, env=_env(tmp),
+                              text=True, capture_output=True, timeout=600)
+
+    # The resumed driver's staging folder went with its session: nothing to put back. Ray alone
+    # would log "Failed to restore the run state" and start the search over.
+    whole = newest.read_bytes()
+    newest.write_bytes(whole[: len(whole) // 2])
+    stopped = resume()
+    assert stopped.returncode != 0
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot resume") and newest.name in last, stopped.stderr
+    assert "--warm-start killed" in last and "Traceback" not in stopped.stderr
+    assert sorted(p.name for p in _trial_dirs(exp)) == trials  # no trial started over
+    newest.write_bytes(whole)
+
+    # The killed driver's session folder outlived the kill, with its own intact staging copy.
+    staged = list((tmp / "ray").glob(f"session_*/artifacts/*/killed/driver_artifacts/"
+                                      f"{killed_state.name}"))
+    assert len(staged) == 1
+    killed_state.write_bytes(b"")
+    mended = resume()
+    assert mended.returncode == 0, mended.stderr
+    assert f"Ray's copy of {killed_state.name} was cut short" in mended.stderr, mended.stderr
+    assert killed_state.read_bytes() == staged[0].read_bytes()
+    assert sorted(p.name for p in _trial_dirs(exp)) == trials
+    rows = list(csv.DictReader((exp / "summary" / "trials.csv").open()))
+    assert len(rows) == 2 and all(r["status"] == "TERMINATED" for r in rows), rows

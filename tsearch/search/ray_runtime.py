@@ -92,6 +92,17 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> Path | None:
         return None
 
 
+def ray_temp_root() -> Path | None:
+    """The folder holding this machine's Ray session folders (where a killed driver's staged
+    Tune state survives), or None when Ray is not running here or hides it."""
+    import ray
+
+    try:
+        return Path(ray._private.worker._global_node.get_session_dir_path()).parent
+    except AttributeError:
+        return None
+
+
 def end_session(session_dir: Path, keep_logs: bool = False,
                 say: Callable[[str], None] | None = None) -> None:
     """Stop the local Ray this process started and delete its session directory.

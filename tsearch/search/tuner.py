@@ -314,6 +314,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
             f"{names.mask_uri(uri)}")
         if state.get("search_done"):  # killed in the confirmation phase: its trials are final
             say("search phase: finished before; continuing with the confirmation phase")
+            _mend_state(exp_path, name, name, say)
             grid = tune.Tuner.restore(str(exp_path),
                                       trainable=_trainable(cfg, base, meta)).get_results()
         else:
@@ -393,6 +394,7 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
     trainable = _trainable(cfg, cbase, confirming.phase_meta(meta, names.PHASE_CONFIRM))
     if resume and tune.Tuner.can_restore(str(cexp)):
         say(f"resuming {cexp}")
+        _mend_state(cexp, f"{checked.name}/{CONFIRM_SUBDIR}", checked.name, say)
         _stub_pruned_checkpoints(cexp)
         tuner = tune.Tuner.restore(str(cexp), trainable=trainable, resume_errored=True,
                                    restart_errored=False)
@@ -466,6 +468,19 @@ def _masked(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _mend_state(exp_path: Path, rel: str, search_name: str, say) -> None:
+    """Before a restore: put back Tune state files a killed driver cut short (tune_state)."""
+    from tsearch.search.ray_runtime import ray_temp_root
+    from tsearch.search.tune_state import mend
+
+    cut, mended = mend(exp_path, rel, ray_temp_root(), search_name)
+    if cut:
+        others = [m for m in mended if m not in cut]
+        say(f"Ray's copy of {', '.join(cut)} was cut short when its driver was killed; put back "
+            "the driver's own intact copy" + (f" (with {', '.join(others)}, saved with it)"
+                                              if others else ""))
+
+
 def _stub_pruned_checkpoints(exp_path: Path) -> None:
     """Recreate, empty, the checkpoint directories Tune pruned after its last state snapshot.
 
@@ -524,6 +539,7 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
     trainable = _trainable(cfg, base, meta)
     if resume:
         say(f"resuming {exp_path}")
+        _mend_state(exp_path, checked.name, checked.name, say)
         _stub_pruned_checkpoints(exp_path)
         return tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True,
                                   restart_errored=False)
