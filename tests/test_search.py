@@ -136,6 +136,10 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
     proc = tsearch("runs", "show", "smoke", "--tracking-uri",
                    f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.count(" FID ") >= 3
+    # Each trial's wall time split (perf/*, logged at its evaluations): "eval  NN% other  NN%".
+    shares = re.findall(r"eval +(\d+)% other +(\d+)%", proc.stdout)
+    assert len(shares) == proc.stdout.count(" FID ") - 1, proc.stdout  # not the search line
+    assert all(0 < int(e) + int(o) < 100 for e, o in shares), shares
 
 
 @pytest.mark.slow

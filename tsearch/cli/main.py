@@ -8,6 +8,7 @@ an MLflow store.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -398,9 +399,17 @@ def runs_show(
         sampler = t.params.get(f"{names.PARAM_TRIAL}.{key}",
                                t.params.get(f"{names.PARAM_CONFIG}.{key}", ""))
         typer.echo(f"  {t.name:<28} {t.status:<9} FID {t.best_fid:8.2f}  {sampler}  "
-                   f"run {t.run_id}")
+                   f"{_time_shares(t.metrics)}run {t.run_id}")
     typer.echo(f"artifacts: {names.mask_uri(parent.artifact_uri)}/  (trials.csv, fid_vs_kimg.png, "
                "best_trials_p_t.png, best_config.yaml)")
+
+
+def _time_shares(metrics: dict[str, float]) -> str:
+    """``eval 31% other 9%  `` of a trial's wall time, from its last perf/* record."""
+    if names.PERF_EVAL_SHARE not in metrics:
+        return ""  # a trial recorded before perf/* existed
+    return (f"eval {metrics[names.PERF_EVAL_SHARE]:4.0%} other "
+            f"{metrics.get(names.PERF_OVERHEAD_SHARE, math.nan):4.0%}  ")
 
 
 export_app = typer.Typer(help="Export results of a search.")

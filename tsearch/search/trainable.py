@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ DISK_METRIC = "disk/trial_mb"  # what this trial holds in the search's storage
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]) -> None:
     """Train with the trial's flat dotted ``config`` merged over ``base``; report to Tune."""
+    started = time.perf_counter()  # the trial's own set-up counts in its perf/overhead_share
     from ray import tune
 
     from tsearch.search.space import flat_config, resolve_trial_config
@@ -91,7 +93,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
                                     step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
         train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
-              log=say, checkpoint_dir=scratch, keep_checkpoints=2)
+              log=say, checkpoint_dir=scratch, keep_checkpoints=2, started=started)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -29,7 +29,7 @@ from tsearch.train.points import eval_points as when_to_evaluate
 from tsearch.train.progress import Progress
 from tsearch.train.rundir import RunRecorder, TrainResult, new_run_dir
 from tsearch.train.state import TrainState, autocast_dtype, build_state
-from tsearch.train.stats import LossStats, divergence
+from tsearch.train.stats import LossStats, WallClock, divergence
 
 ReportFn = Callable[[dict[str, float], Path], None]
 
@@ -47,6 +47,7 @@ def train(
     log: Callable[[str], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     keep_checkpoints: int = 2,
+    started: float | None = None,
 ) -> TrainResult:
     """Train one diffusion model with the configured timestep sampler and weighting.
 
@@ -66,6 +67,8 @@ def train(
         checkpoint_dir: where checkpoints go (default: ``run_dir/checkpoints``); a Ray trial
             passes a scratch directory, as Tune keeps the reported copies.
         keep_checkpoints: how many of the newest checkpoints ``checkpoint_dir`` keeps.
+        started: ``time.perf_counter()`` when the caller's work began (a trial's set-up is
+            its overhead too); the ``perf/*`` shares count from it. Default: now.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     tracker = resilient(tracker or NullTracker(), say)
@@ -74,13 +77,14 @@ def train(
         torch.set_num_threads(tc.threads)
     status, reason = "FINISHED", None
     st = recorder = bar = None
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     try:
         # Create the run directory; build data, model, EMA, optimizer, sampler and evaluations.
         recorder = RunRecorder(tracker, Path(run_dir) if run_dir is not None
                                else new_run_dir(cfg), cfg)
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else recorder.dir.checkpoints
         st = build_state(cfg, sampler)
+        clock = WallClock(st.device, start)
         evaluations = None
         if evaluate:
             setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
@@ -103,9 +107,12 @@ def train(
         if evaluations is not None:
             tracker.set_tags(evaluations.prepare())
             if cfg.eval.at_start and st.images_seen == 0:
+                clock.lap("other")
                 _evaluate(st, evaluations, recorder)
+                clock.lap("eval")
                 recorder.snapshot_pt(st)
         st.model.train()
+        clock.lap("other")
         while st.images_seen < total_images and (max_steps is None or st.step < max_steps):
             # Take one optimizer step.
             ostate = _step(st, stats, total_images)
@@ -120,18 +127,24 @@ def train(
                 continue
 
             # Evaluate, snapshot p(t), checkpoint, and report to the caller (Ray Tune).
+            clock.lap("train")
             report = {names.TIME_ATTR: st.kimg, names.REPORT_STEP: float(st.step)}
             if evaluations is not None:
                 report.update(_evaluate(st, evaluations, recorder))
                 bar.update(st.kimg, metric=evaluations.headline(report))
+            clock.lap("eval")
             recorder.snapshot_pt(st)
-            tracker.flush()
             path = st.save(ckpt_dir, keep=keep_checkpoints)
             eval_points.advance(st.images_seen)
+            perf = clock.metrics()  # up to this report (its upload falls in the next lap)
+            recorder.record(perf, st.images_seen)
+            tracker.flush()
             if on_report is not None:
                 report.update({k: v for k, v in last.items()
                                if k.startswith((names.TRAIN_PREFIX, names.COMPUTE_PREFIX))})
+                report.update(perf)
                 on_report(report, path)
+            clock.lap("other")
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted by the user"
         raise

@@ -11,6 +11,40 @@ from tsearch import names
 from tsearch.errors import DivergenceError
 
 
+class WallClock:
+    """Where a run's wall time goes: training, evaluation, and everything else.
+
+    A trial exists to train; the shares say how much of it did (issue 15). Time is charged in
+    laps, not per step: on a GPU the step only queues kernels, so the clock synchronises at a
+    lap's end (a few times per run, at evaluations) and queued training work is charged to
+    training, not to the evaluation that would wait for it.
+    """
+
+    def __init__(self, device: torch.device, started: float | None = None):
+        self.device = device
+        self.started = time.perf_counter() if started is None else started
+        self._mark = self.started
+        self.spent = {"train": 0.0, "eval": 0.0, "other": 0.0}
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap to ``phase`` (train, eval or other)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.spent[phase] += now - self._mark
+        self._mark = now
+
+    def metrics(self) -> dict[str, float]:
+        """Cumulative seconds and shares of the wall time so far."""
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        train, ev = self.spent["train"], self.spent["eval"]
+        return {
+            names.PERF_WALL_SECONDS: wall, names.PERF_TRAIN_SECONDS: train,
+            names.PERF_EVAL_SECONDS: ev, names.PERF_EVAL_SHARE: ev / wall,
+            names.PERF_OVERHEAD_SHARE: max(0.0, 1.0 - (train + ev) / wall),
+        }
+
+
 class LossStats:
     """Objective, unweighted loss per timestep quartile and grad norm since the last log point."""
 

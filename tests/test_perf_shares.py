@@ -1,0 +1,55 @@
+"""Where a run's wall time goes (perf/*): the clock's arithmetic, and a real tiny run's record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsearch import names
+from tsearch.config import load_config
+from tsearch.train import stats, train
+from tsearch.train.stats import WallClock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_laps_charge_their_phase_and_the_rest_is_overhead(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(stats.time, "perf_counter", lambda: now[0])
+    clock = WallClock(torch.device("cpu"), started=90.0)  # the caller began 10 s earlier
+    for phase, seconds in (("other", 0.0), ("train", 30.0), ("eval", 15.0), ("other", 5.0),
+                           ("train", 30.0), ("eval", 10.0)):
+        now[0] += seconds
+        clock.lap(phase)
+    m = clock.metrics()
+    assert m[names.PERF_WALL_SECONDS] == pytest.approx(100.0)
+    assert m[names.PERF_TRAIN_SECONDS] == pytest.approx(60.0)
+    assert m[names.PERF_EVAL_SECONDS] == pytest.approx(25.0)
+    assert m[names.PERF_EVAL_SHARE] == pytest.approx(0.25)
+    assert m[names.PERF_OVERHEAD_SHARE] == pytest.approx(0.15)  # 10 s set-up + 5 s between
+
+
+def test_a_real_run_records_its_shares_at_every_evaluation(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "smoke.yaml", [
+        f"train.out_dir={tmp_path}/runs", f"eval.cache_dir={tmp_path}/cache",
+        "train.total_kimg=0.192", "eval.every_kimg=0.064", "eval.num_images=64"])
+    reports: list[dict[str, float]] = []
+    result = train(cfg, on_report=lambda r, _: reports.append(r))
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    perf = [r for r in rows if names.PERF_EVAL_SHARE in r]
+    assert [r["images_seen"] for r in perf] == [r["images_seen"] for r in rows if names.FID in r]
+    assert len(perf) == len(reports) == 3
+    walls = [r[names.PERF_WALL_SECONDS] for r in perf]
+    assert walls == sorted(walls)  # cumulative
+    for r in perf:
+        parts = r[names.PERF_TRAIN_SECONDS] + r[names.PERF_EVAL_SECONDS]
+        assert 0 < r[names.PERF_TRAIN_SECONDS] and 0 < r[names.PERF_EVAL_SECONDS] <= parts
+        assert parts <= r[names.PERF_WALL_SECONDS]
+        assert r[names.PERF_EVAL_SHARE] + r[names.PERF_OVERHEAD_SHARE] < 1
+    # The evaluations' own clock (eval/seconds) fits inside the eval laps.
+    evals = sum(r[names.EVAL_SECONDS] for r in rows if names.EVAL_SECONDS in r)
+    assert evals <= perf[-1][names.PERF_EVAL_SECONDS] + 1e-6
+    assert reports[-1][names.PERF_OVERHEAD_SHARE] == perf[-1][names.PERF_OVERHEAD_SHARE]
