@@ -1,4 +1,4 @@
-"""Where a run's wall time goes (perf/*): the clock's arithmetic, and a real tiny run's record."""
+"""Where wall time goes: a run's perf/* shares and a search driver's stages (--verbose)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from tsearch import names
 from tsearch.config import load_config
+from tsearch.search import timing
 from tsearch.train import stats, train
 from tsearch.train.stats import WallClock
 
@@ -53,3 +54,16 @@ def test_a_real_run_records_its_shares_at_every_evaluation(tmp_path):
     evals = sum(r[names.EVAL_SECONDS] for r in rows if names.EVAL_SECONDS in r)
     assert evals <= perf[-1][names.PERF_EVAL_SECONDS] + 1e-6
     assert reports[-1][names.PERF_OVERHEAD_SHARE] == perf[-1][names.PERF_OVERHEAD_SHARE]
+
+
+def test_stopwatch_adds_stages_in_order_and_the_rest(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    watch = timing.Stopwatch()
+    for name, seconds in (("Ray start", 2.0), ("trials", 50.0), ("Ray start", 1.0)):
+        with watch.stage(name):
+            now[0] += seconds
+    assert list(watch.stages) == ["Ray start", "trials"]
+    assert watch.stages["Ray start"] == pytest.approx(3.0)
+    assert watch.line(60.0) == "time: Ray start 3.0 s, trials 50.0 s, other 7.0 s, total 60.0 s"
+    assert 0 < timing.process_age() < 3600  # this test process (Linux /proc)

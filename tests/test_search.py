@@ -95,9 +95,18 @@ def test_unreachable_mlflow_and_ray_fail_fast(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
-    proc = tsearch("search", str(SMOKE), *common(tmp_path), cwd=tmp_path)
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--verbose", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    # --verbose: where the wall time went, stage by stage, adding up to the process's total.
+    timing = proc.stderr.strip().splitlines()[-1]
+    assert timing.startswith("time: start-up (Python and imports) "), timing
+    seconds = {name.strip(): float(s) for name, s in re.findall(r"([^,:]+?) (\d+\.\d) s", timing)}
+    for stage in ("Ray start", "MLflow parent run", "search phase (Tune and its trials)",
+                  "summary (table and plots)", "Ray stop"):
+        assert seconds[stage] >= 0, timing
+    assert abs(sum(v for k, v in seconds.items() if k != "total")
+               - seconds["total"]) < 0.5, timing
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = parent_of(client, "smoke")

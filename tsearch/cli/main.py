@@ -189,6 +189,10 @@ def search(
                      "search's finished trials (name or parent run id, in tracking.uri) before "
                      "it proposes anything."),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="At the end, print where the search's wall time "
+                           "went (start-up, Ray, MLflow, trials, summary).")
+    ] = False,
 ) -> None:
     """Search timestep samplers and their hyperparameters (Ray Tune + Optuna + ASHA)."""
     if config is None:
@@ -238,6 +242,10 @@ def search(
     _check_store(cfg)
     result = run_search(cfg, config, address=address, resume=resume, checked=checked)
     _print_search_result(result)
+    if verbose:
+        from tsearch.search.timing import process_age
+
+        typer.echo(result.timing.line(process_age()), err=True)
     if result.best is None:
         errors = sorted({t.error for t in result.trials if t.error})
         raise TsearchError(f"no trial of search {result.name!r} reached an evaluation"

@@ -34,6 +34,7 @@ from tsearch.search.space import (
     flat_config,
     resolve_trial_config,
 )
+from tsearch.search.timing import Stopwatch, process_age
 
 
 @dataclass
@@ -72,6 +73,7 @@ class SearchResult:
     labels: list[str] = field(default_factory=list)  # bundle keys: not config fields
     confirmation: Confirmation | None = None  # the confirmed ranking (search.confirm)
     confirm_trials: list[TrialSummary] = field(default_factory=list)
+    timing: Stopwatch = field(default_factory=Stopwatch)  # the driver's stages (--verbose)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -220,6 +222,10 @@ def run_search(
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
+    watch = Stopwatch()
+    age = process_age()
+    if age is not None:
+        watch.stages["start-up (Python and imports)"] = age
     checked = checked or plan(cfg, config_path)
     name = checked.name
     if cfg.tracking.backend != "mlflow":
@@ -230,10 +236,11 @@ def run_search(
         raise ConfigError(
             "config error: tracking.uri is a local sqlite file, which worker nodes cannot "
             "write; start `mlflow server` and pass --set tracking.uri=http://HOST:5000")
-    uri = resolve_tracking_uri(cfg.tracking.uri)
-    check_tracking_store(uri)
-    artifact_root = resolve_artifact_root(cfg.tracking.artifact_root, uri)
-    ensure_experiment(uri, cfg.tracking.experiment, artifact_root)
+    with watch.stage("MLflow store"):
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        check_tracking_store(uri)
+        artifact_root = resolve_artifact_root(cfg.tracking.artifact_root, uri)
+        ensure_experiment(uri, cfg.tracking.experiment, artifact_root)
     storage = cfg.search.storage_path
     storage = storage if "://" in storage else str(Path(storage).resolve())
     problem = names.name_problem(name)
@@ -247,10 +254,11 @@ def run_search(
         say(f"note: trials on other nodes checkpoint to {storage}; it must be a filesystem every "
             "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
 
-    session = init_ray(address, num_cpus=None)
+    with watch.stage("Ray start"):
+        session = init_ray(address, num_cpus=None)
     keep_logs = True  # Ray's logs help with a crash, not with a user error or a success
     try:
-        result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say)
+        result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say, watch)
         keep_logs = False
     except KeyboardInterrupt:
         keep_logs = False
@@ -260,8 +268,10 @@ def run_search(
         raise
     finally:
         if session is not None:  # a local Ray this search started: stop it, drop its files
-            end_session(session, keep_logs=keep_logs, say=say)
+            with watch.stage("Ray stop"):
+                end_session(session, keep_logs=keep_logs, say=say)
     result.seconds = time.perf_counter() - start
+    result.timing = watch
     return result
 
 
@@ -270,11 +280,12 @@ _RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
 
 
 def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, storage: str,
-         exp_path: Path, resume: bool, say) -> SearchResult:
+         exp_path: Path, resume: bool, say, watch: Stopwatch) -> SearchResult:
     """Open the parent run, run (or restore) the search phase, then the confirmation phase."""
-    from ray import tune
+    with watch.stage("Ray Tune and MLflow imports"):
+        from ray import tune
 
-    from tsearch.tracking import MlflowTracker
+        from tsearch.tracking import MlflowTracker
 
     space, name = checked.space, checked.name
     state_file = exp_path / names.SEARCH_STATE
@@ -289,26 +300,28 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
         raise TsearchError(f"a search named {name!r} already exists at {exp_path}: pass "
                            "--resume to continue it, or --set search.name=NEW_NAME")
     parent_id = state.get("parent_run_id")
-    parent = MlflowTracker(uri, experiment=cfg.tracking.experiment, artifact_root=artifact_root,
-                           run_name=name, run_id=parent_id,
-                           tags={names.TAG_KIND: names.KIND_SEARCH, names.TAG_SEARCH: name,
-                                 names.TAG_STORAGE: str(exp_path)})
+    with watch.stage("MLflow parent run"):
+        parent = MlflowTracker(uri, experiment=cfg.tracking.experiment,
+                               artifact_root=artifact_root, run_name=name, run_id=parent_id,
+                               tags={names.TAG_KIND: names.KIND_SEARCH, names.TAG_SEARCH: name,
+                                     names.TAG_STORAGE: str(exp_path)})
     meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels,
             "phase": names.PHASE_SEARCH}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
     try:
         if parent_id is None:
-            parent.log_params({
-                names.PARAM_SEARCH: cfg.search.model_dump(mode="json"),
-                names.PARAM_BASE: _masked({k: v for k, v in cfg.to_dict().items()
-                                           if k != "search"})})
-            parent.log_dict(_masked(cfg.to_dict()), names.ARTIFACT_SEARCH_CONFIG)
-            if checked.warm_from:
-                parent.set_tags({names.TAG_WARM_START: checked.warm_from})
-            exp_path.mkdir(parents=True, exist_ok=True)
-            state = {"parent_run_id": parent.run_id, "name": name}
-            _write_state(state_file, state)
+            with watch.stage("MLflow parent run"):
+                parent.log_params({
+                    names.PARAM_SEARCH: cfg.search.model_dump(mode="json"),
+                    names.PARAM_BASE: _masked({k: v for k, v in cfg.to_dict().items()
+                                               if k != "search"})})
+                parent.log_dict(_masked(cfg.to_dict()), names.ARTIFACT_SEARCH_CONFIG)
+                if checked.warm_from:
+                    parent.set_tags({names.TAG_WARM_START: checked.warm_from})
+                exp_path.mkdir(parents=True, exist_ok=True)
+                state = {"parent_run_id": parent.run_id, "name": name}
+                _write_state(state_file, state)
         say(f"search {name!r}: {checked.num_trials} trials, up to "
             f"{cfg.search.max_concurrent} at once; MLflow parent run {parent.run_id} at "
             f"{names.mask_uri(uri)}")
@@ -318,18 +331,22 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
             grid = tune.Tuner.restore(str(exp_path),
                                       trainable=_trainable(cfg, base, meta)).get_results()
         else:
-            grid = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path, say).fit()
-        _prune_checkpoints(exp_path, cfg.search.num_to_keep)
-        trials = _summaries(grid)
-        result = SearchResult(name=name, parent_run_id=parent.run_id, experiment_path=exp_path,
-                              trials=trials, best_config=None, tracking_uri=uri, seconds=0.0,
-                              labels=space.labels)
-        result.best_config = _finish(parent, result, base, exp_path)
+            with watch.stage("search phase (Tune and its trials)"):
+                grid = _tuner(cfg, checked, base, meta, storage, uri, resume, exp_path,
+                              say).fit()
+        with watch.stage("summary (table and plots)"):
+            _prune_checkpoints(exp_path, cfg.search.num_to_keep)
+            trials = _summaries(grid)
+            result = SearchResult(name=name, parent_run_id=parent.run_id,
+                                  experiment_path=exp_path, trials=trials, best_config=None,
+                                  tracking_uri=uri, seconds=0.0, labels=space.labels)
+            result.best_config = _finish(parent, result, base, exp_path)
         if cfg.search.confirm.enabled and result.best is not None:
             state["search_done"] = True
             _write_state(state_file, state)
-            _confirm(cfg, checked, result, parent, base, meta, storage, uri, exp_path, resume,
-                     state, say)
+            with watch.stage("confirmation phase"):
+                _confirm(cfg, checked, result, parent, base, meta, storage, uri, exp_path,
+                         resume, state, say)
     except KeyboardInterrupt:
         parent.finish("KILLED", "interrupted; continue with tsearch search --resume")
         if not resume and not _trial_dirs(exp_path):
@@ -345,7 +362,8 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
         raise TsearchError(f"search {name!r} stopped: Ray Tune failed ({reason[:200]})"
                            + ("" if _trial_dirs(exp_path) else
                               f"; no trial started, so the name {name!r} is free again")) from exc
-    parent.finish("FINISHED")
+    with watch.stage("MLflow parent run"):
+        parent.finish("FINISHED")
     return result
 
 
