@@ -1,4 +1,4 @@
-"""Where wall time goes: a run's perf/* shares and a search driver's stages (--verbose)."""
+"""Where wall time goes: perf/* shares, a search driver's stages, cheaper rung evaluations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from tsearch import names
 from tsearch.config import load_config
+from tsearch.errors import ConfigError
 from tsearch.search import timing
 from tsearch.train import stats, train
 from tsearch.train.stats import WallClock
@@ -67,3 +68,34 @@ def test_stopwatch_adds_stages_in_order_and_the_rest(monkeypatch):
     assert watch.stages["Ray start"] == pytest.approx(3.0)
     assert watch.line(60.0) == "time: Ray start 3.0 s, trials 50.0 s, other 7.0 s, total 60.0 s"
     assert 0 < timing.process_age() < 3600  # this test process (Linux /proc)
+
+
+@pytest.mark.parametrize("at_kimg", ["[0.064, 0.128]", "[]"])
+def test_rung_evaluations_are_cheaper_only_before_the_end(tmp_path, monkeypatch, at_kimg):
+    """eval.rung_*: intermediate at_kimg points (a search's rungs) only; the final evaluation,
+    and runs that evaluate every every_kimg (tsearch train, confirmation), use the full one."""
+    from tsearch.metrics import fid_evaluation
+
+    real = fid_evaluation.generate_for_eval
+    seen: list[tuple[int, int]] = []
+
+    def spy(model, schedule, seed, eval_cfg, setting):
+        seen.append((eval_cfg.num_images, eval_cfg.steps))
+        return real(model, schedule, seed, eval_cfg, setting)
+
+    monkeypatch.setattr(fid_evaluation, "generate_for_eval", spy)
+    cfg = load_config(ROOT / "experiments" / "smoke.yaml", [
+        f"train.out_dir={tmp_path}/runs", f"eval.cache_dir={tmp_path}/cache",
+        "train.total_kimg=0.192", "eval.every_kimg=0.064", f"eval.at_kimg={at_kimg}",
+        "eval.num_images=64", "eval.steps=8", "eval.rung_num_images=40", "eval.rung_steps=4"])
+    result = train(cfg)
+    if at_kimg == "[]":
+        assert seen == [(64, 8)] * 3
+    else:
+        assert seen == [(40, 4), (40, 4), (64, 8)]
+    assert len(result.evals) == 3 and all(names.FID in m for _, m in result.evals)
+
+
+def test_rung_steps_beyond_the_schedule_is_a_config_error():
+    with pytest.raises(ConfigError, match="eval.rung_steps=2000 exceeds"):
+        load_config(ROOT / "experiments" / "smoke.yaml", ["eval.rung_steps=2000"])

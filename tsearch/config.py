@@ -242,6 +242,12 @@ class EvalConfig(_Section):
     # In a search with ASHA: extra evaluation points every N kimg (None: rungs and end only).
     curve_every_kimg: Kimg | None = Field(None, gt=0.0)
     num_images: int = Field(1000, ge=2, le=MAX_IMAGES)  # generated images per FID
+    # Evaluations at at_kimg points before the end (a search trial's rungs and curve points)
+    # may be cheaper than the final one: ASHA only compares trials at the same rung, all scored
+    # alike. None: num_images / steps. tsearch train and confirmation runs evaluate every
+    # every_kimg, so they never use these (benchmarks/eval_fidelity.py measures the choice).
+    rung_num_images: int | None = Field(None, ge=2, le=MAX_IMAGES)
+    rung_steps: int | None = Field(None, ge=1, le=100_000)
     ref_images: int | None = Field(None, ge=2, le=MAX_IMAGES)  # null: the whole split
     ref_split: Literal["train", "test"] = "train"
     method: Literal["ddim", "ddpm"] = "ddim"
@@ -374,16 +380,19 @@ class Config(_Section):
                 f"data.root is required for data.name={self.data.name!r}: give the local "
                 "directory holding the files (nothing is downloaded)"
             )
-        if self.eval.method == "ddim" and self.eval.steps > self.diffusion.num_timesteps:
-            raise ValueError(
-                f"eval.steps={self.eval.steps} exceeds diffusion.num_timesteps="
-                f"{self.diffusion.num_timesteps}"
-            )
-        if self.eval.seed + self.eval.num_images - 1 > MAX_SEED:
+        for key in ("steps", "rung_steps"):
+            steps = getattr(self.eval, key)
+            if self.eval.method == "ddim" and steps is not None \
+                    and steps > self.diffusion.num_timesteps:
+                raise ValueError(
+                    f"eval.{key}={steps} exceeds diffusion.num_timesteps="
+                    f"{self.diffusion.num_timesteps}"
+                )
+        most = max(self.eval.num_images, self.eval.rung_num_images or 0)
+        if self.eval.seed + most - 1 > MAX_SEED:
             raise ValueError(
                 f"eval.seed = {self.eval.seed}: image i is generated from seed eval.seed + i, "
-                f"which must stay <= 2^63-1; use an eval.seed below "
-                f"{MAX_SEED - self.eval.num_images + 2}"
+                f"which must stay <= 2^63-1; use an eval.seed below {MAX_SEED - most + 2}"
             )
         for section in ("sampler", "weighting"):
             # Plugin hyperparameters that depend on T (e.g. SpeeD's tau as an index).

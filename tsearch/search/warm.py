@@ -26,7 +26,8 @@ from tsearch.tracker import flatten_params
 # Parent-run params ``search.space.KEY.<kind>...``: KEY is a searched key of that search.
 _SPACE_PARAM = re.compile(r"^search\.space\.(.+?)\.(?:float|int|choice|bundle)(?:\.|$)")
 # Settings that change what an FID number means: another value, another scale.
-_FID_SETTINGS = ("data.name", "data.resolution", "eval.num_images", "eval.ref_images",
+_FID_SETTINGS = ("data.name", "data.resolution", "eval.num_images", "eval.rung_num_images",
+                 "eval.rung_steps", "eval.ref_images",
                  "eval.ref_split", "eval.method", "eval.steps", "eval.eta", "eval.extractor",
                  "eval.seed")
 

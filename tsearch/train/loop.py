@@ -85,11 +85,14 @@ def train(
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else recorder.dir.checkpoints
         st = build_state(cfg, sampler)
         clock = WallClock(st.device, start)
-        evaluations = None
+        evaluations = rung_evaluations = None
         if evaluate:
             setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
                                   autocast_dtype(st.device, tc.precision))
             evaluations = build_evaluations(cfg.eval, cfg.data, setting)
+            rung_cfg = _rung_eval(cfg)
+            if rung_cfg is not None:
+                rung_evaluations = build_evaluations(rung_cfg, cfg.data, setting)
 
         # Resume from the newest readable checkpoint.
         if resume:
@@ -106,6 +109,8 @@ def train(
         # Prepare evaluations (reference statistics) before training; optionally evaluate kimg 0.
         if evaluations is not None:
             tracker.set_tags(evaluations.prepare())
+            if rung_evaluations is not None:
+                rung_evaluations.prepare()
             if cfg.eval.at_start and st.images_seen == 0:
                 clock.lap("other")
                 _evaluate(st, evaluations, recorder)
@@ -130,7 +135,9 @@ def train(
             clock.lap("train")
             report = {names.TIME_ATTR: st.kimg, names.REPORT_STEP: float(st.step)}
             if evaluations is not None:
-                report.update(_evaluate(st, evaluations, recorder))
+                final = st.images_seen >= total_images
+                now = evaluations if final or rung_evaluations is None else rung_evaluations
+                report.update(_evaluate(st, now, recorder))
                 bar.update(st.kimg, metric=evaluations.headline(report))
             clock.lap("eval")
             recorder.snapshot_pt(st)
@@ -165,6 +172,16 @@ def train(
                          kimg=st.kimg, seconds=seconds, evals=st.evals)
     say(result.summary_line(n_params))
     return result
+
+
+def _rung_eval(cfg: Config):
+    """The eval config of intermediate ``eval.at_kimg`` points, if cheaper ones are set."""
+    e = cfg.eval
+    if not e.at_kimg or (e.rung_num_images is None and e.rung_steps is None):
+        return None
+    cheaper = e.model_copy(update={"num_images": e.rung_num_images or e.num_images,
+                                   "steps": e.rung_steps or e.steps})
+    return None if (cheaper.num_images, cheaper.steps) == (e.num_images, e.steps) else cheaper
 
 
 def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
