@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tsearch import names
-from tsearch.config import Config
+from tsearch.config import Config, EvalConfig
 from tsearch.diffusion.loss import per_sample_mse
 from tsearch.diffusion.model import count_parameters
 from tsearch.metrics import EvalSetting, Evaluations, build_evaluations
@@ -174,7 +174,7 @@ def train(
     return result
 
 
-def _rung_eval(cfg: Config):
+def _rung_eval(cfg: Config) -> EvalConfig | None:
     """The eval config of intermediate ``eval.at_kimg`` points, if cheaper ones are set."""
     e = cfg.eval
     if not e.at_kimg or (e.rung_num_images is None and e.rung_steps is None):
