@@ -81,8 +81,10 @@ def test_store_deleted_mid_run_training_finishes_with_every_record(tmp_path):
     warnings = [line for line in err.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and "tracking" in warnings[0], err
     records = _records(metrics[0])
-    assert len(records) == 18, records  # 12 interval records + 6 evaluations, none lost
+    # 12 interval records + 6 evaluations + 6 perf/* records (one per evaluation), none lost
+    assert len(records) == 24, records
     assert sum("eval/fid" in r for r in records) == 6
+    assert sum("perf/eval_share" in r for r in records) == 6
 
 
 def _trial_dirs(exp: Path) -> list[Path]:
