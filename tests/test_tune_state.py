@@ -1,8 +1,10 @@
 """Tune state files cut short by a killed driver: found, and put back from the staging copy.
 
-The files are written as Ray writes them (pickle, cloudpickle under a ``.json`` name, JSON) in
-Ray's own layout: ``<ray temp>/session_*/artifacts/<session>/<experiment>/driver_artifacts``.
-The same path on a real search and a real kill is in tests/test_faults.py.
+The files are written in Ray's formats (pickle; cloudpickle, which writes the same protocol-5
+pickle stream, under a ``.json`` name; JSON) and Ray's own layout:
+``<ray temp>/session_*/artifacts/<session>/<experiment>/driver_artifacts``. Ray itself is not
+imported here: a test process that imports it before ``init_ray`` breaks later in-process
+searches (ray_runtime.init_ray). The same path on a real search and kill is in test_faults.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-import ray.cloudpickle as cloudpickle
 
 from tsearch.errors import TsearchError
 from tsearch.search.tune_state import broken, intact, mend
@@ -26,7 +27,8 @@ def _write_state(folder: Path, session: str = SESSION) -> dict[str, bytes]:
         f"experiment_state-{session}.json": json.dumps(
             {"trial_data": [["{}", "{}"]] * 50, "runner_data": {"x": 1}}).encode(),
         f"searcher-state-{session}.pkl": pickle.dumps({"trials": list(range(2000))}),
-        f"search_gen_state-{session}.json": cloudpickle.dumps({"counter": 2, "total": 2}),
+        f"search_gen_state-{session}.json": pickle.dumps({"counter": 2, "total": 2},
+                                                         protocol=5),
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
