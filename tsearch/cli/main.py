@@ -239,12 +239,16 @@ def search(
 
     if warm_line:
         typer.echo(warm_line, err=True)
+    from tsearch.search.timing import process_age
+
+    started = process_age()  # Python, imports and the config, before the search's own stages
     _check_store(cfg)
     result = run_search(cfg, config, address=address, resume=resume, checked=checked)
     _print_search_result(result)
     if verbose:
-        from tsearch.search.timing import process_age
-
+        if started is not None:
+            result.timing.stages = {"start-up (Python and imports)": started,
+                                    **result.timing.stages}
         typer.echo(result.timing.line(process_age()), err=True)
     if result.best is None:
         errors = sorted({t.error for t in result.trials if t.error})

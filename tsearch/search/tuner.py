@@ -34,7 +34,7 @@ from tsearch.search.space import (
     flat_config,
     resolve_trial_config,
 )
-from tsearch.search.timing import Stopwatch, process_age
+from tsearch.search.timing import Stopwatch
 
 
 @dataclass
@@ -223,9 +223,6 @@ def run_search(
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     watch = Stopwatch()
-    age = process_age()
-    if age is not None:
-        watch.stages["start-up (Python and imports)"] = age
     checked = checked or plan(cfg, config_path)
     name = checked.name
     if cfg.tracking.backend != "mlflow":
