@@ -86,21 +86,24 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> Path | None:
                            "check --address and the cluster token (RAY_AUTH_TOKEN)") from None
     if address is not None:
         return None
+    return _session_dir()  # None (nothing to clean up) for a Ray without this private API
+
+
+def _session_dir() -> Path | None:
+    """This process's Ray session folder, or None when Ray hides it."""
+    import ray
+
     try:
         return Path(ray._private.worker._global_node.get_session_dir_path())
-    except AttributeError:  # a Ray without this private API: nothing to clean up
+    except AttributeError:
         return None
 
 
 def ray_temp_root() -> Path | None:
     """The folder holding this machine's Ray session folders (where a killed driver's staged
     Tune state survives), or None when Ray is not running here or hides it."""
-    import ray
-
-    try:
-        return Path(ray._private.worker._global_node.get_session_dir_path()).parent
-    except AttributeError:
-        return None
+    session = _session_dir()
+    return None if session is None else session.parent
 
 
 def end_session(session_dir: Path, keep_logs: bool = False,

@@ -35,6 +35,7 @@ from tsearch.search.space import (
     resolve_trial_config,
 )
 from tsearch.search.timing import Stopwatch
+from tsearch.search.tune_state import STATE_FILES
 
 
 @dataclass
@@ -272,8 +273,7 @@ def run_search(
     return result
 
 
-_RAY_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
-              "search_gen_state-*.json", "basic-variant-state-*.json", ".validate_storage_marker")
+_RAY_STATE = (*STATE_FILES, ".validate_storage_marker")  # what Tune writes for a search
 
 
 def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, storage: str,
