@@ -6,6 +6,8 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +66,32 @@ def test_digits_split_is_a_stratified_partition_with_aligned_labels():
         assert np.all(np.abs(share - (0.8 if split == "train" else 0.2)) < 0.02)  # stratified
     # train + test is the dataset as a multiset: disjoint and complete.
     assert sorted(seen) == sorted(img.tobytes() for img in bunch.images.astype(np.int64))
+
+
+def test_digits_read_without_sklearn_equal_sklearns_split():
+    # The reader parses sklearn's shipped file and splits by stored indices, so that a trial
+    # does not import sklearn: it must give exactly what load_digits + train_test_split give.
+    from sklearn.model_selection import train_test_split
+
+    from tsearch.data.datasets import _read_digits
+
+    bunch = load_digits()
+    train_idx, test_idx = train_test_split(np.arange(len(bunch.target)), test_size=0.2,
+                                           random_state=0, stratify=bunch.target)
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        images, labels = _read_digits(None, split)
+        idx = np.sort(idx)
+        assert torch.equal(images, torch.from_numpy(bunch.images[idx].astype(np.uint8)[:, None]))
+        assert torch.equal(labels, torch.from_numpy(bunch.target[idx].astype(np.int64)))
+
+
+def test_digits_reader_does_not_import_sklearn():
+    code = ("import sys; from tsearch.data.datasets import _read_digits;"
+            " _read_digits(None, 'test');"
+            " print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
 
 
 def test_digits_resolution_channels_and_limit():
