@@ -152,6 +152,29 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
 
 
 @pytest.mark.slow
+def test_trials_reuse_a_process_after_asha_stops_one(tmp_path):
+    # search.reuse_actors (default): a stopped trial's process trains the next trial, which
+    # must run normally (Tune errors it when the stopped trial's thread is slow to end).
+    points = ("search.points_to_evaluate=[{optim.lr: 2.0e-3}, {optim.lr: 3.0e-4}, "
+              "{optim.lr: 1.0e-3}]")
+    proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=3",
+                   "--set", "search.max_concurrent=1", "--set", points,
+                   "--set", "search.space={optim.lr: {float: [3.0e-4, 3.0e-3], log: true}}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    kids = sorted(children(client, parent_of(client, "smoke").info.run_id),
+                  key=lambda k: k.info.start_time)
+    assert len(kids) == 3 and all(k.info.status != "FAILED" for k in kids), kids
+    assert len({k.data.tags["tsearch.worker_pid"] for k in kids}) == 1  # one process
+    reached = [max(m.step for m in client.get_metric_history(k.info.run_id, "eval/fid"))
+               for k in kids]
+    total = max(reached)
+    assert reached[1] < total, reached  # the slow learner was stopped at its rung ...
+    assert reached[2] >= 200, reached  # ... and the trial after it trained in its process
+
+
+@pytest.mark.slow
 def test_diverging_trial_fails_and_search_completes(tmp_path):
     # weight_decay 1e6 at lr 1 multiplies the weights by -999999 per step: inf within steps.
     points = ("search.points_to_evaluate=[{optim.weight_decay: 0.0}, "

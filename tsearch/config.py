@@ -337,6 +337,9 @@ class SearchConfig(_Section):
     storage_path: str = "tsearch-runs/ray"  # trial checkpoints; shared storage on a cluster
     max_failures: int = Field(1, ge=0, le=1000)  # retries of a failed trial, from a checkpoint
     num_to_keep: int = Field(2, ge=1, le=MAX_COUNT)  # checkpoints kept per trial
+    # Run the next trial in the finished trial's worker process: a new process pays its imports
+    # (torch, diffusers, MLflow: seconds) again, which is most of a short trial's overhead.
+    reuse_actors: bool = True
     # Dotted config key -> distribution, e.g. {"optim.lr": {"float": [1e-4, 1e-2], "log": true}}
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # tried first

@@ -64,6 +64,7 @@ TAG_SEARCH = "tsearch.search"  # the search name
 TAG_STORAGE = "tsearch.storage"  # the search's Ray experiment directory
 TAG_TRIAL_ID = "tsearch.trial_id"
 TAG_NODE_IP = "tsearch.node_ip"
+TAG_WORKER_PID = "tsearch.worker_pid"  # the trial's process (search.reuse_actors: shared)
 TAG_RUN_DIR = "tsearch.run_dir"
 TAG_SAMPLER = "tsearch.sampler"
 TAG_WEIGHTING = "tsearch.weighting"

@@ -38,6 +38,12 @@ DISK_METRIC = "disk/trial_mb"  # what this trial holds in the search's storage
 def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]) -> None:
     """Train with the trial's flat dotted ``config`` merged over ``base``; report to Tune."""
     started = time.perf_counter()  # the trial's own set-up counts in its perf/overhead_share
+    # With search.reuse_actors, Tune hands this process the next trial only after this one's
+    # thread ends, and waits TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for it; a trial
+    # stopped by ASHA still draws its plots and closes its MLflow run (seconds on the first
+    # trial of a process, which imports matplotlib). A missed wait errors the next trial, and
+    # Ray 2.60's search then hangs (seen with the timeout at 0), so the wait is generous.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(_THREAD_TIMEOUT_S))
     from ray import tune
 
     from tsearch.search.space import flat_config, resolve_trial_config
@@ -72,6 +78,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
             run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
                   names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip(),
+                  names.TAG_WORKER_PID: str(os.getpid()),
                   names.TAG_PHASE: meta.get("phase", names.PHASE_SEARCH)},
         ), say)
         if not resume:
@@ -98,6 +105,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_THREAD_TIMEOUT_S = 600  # how long a stopped trial may take to close before its actor is reused
 _FINISHED = "finished"  # in TRIAL_INFO: the final report of a trial that trained to the end
 
 

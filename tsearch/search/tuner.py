@@ -419,7 +419,7 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
             param_space={GRID_KEY: tune.grid_search(confirming.cells(cands, c.seeds, c.set))},
             tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(),
                                         max_concurrent_trials=c.max_concurrent or
-                                        s.max_concurrent, reuse_actors=False),
+                                        s.max_concurrent, reuse_actors=s.reuse_actors),
             run_config=_run_config(s, CONFIRM_SUBDIR, _join(storage, checked.name), uri,
                                    say, [confirming.LABEL]))
     grid = tuner.fit()
@@ -569,7 +569,7 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
         tune_config=tune.TuneConfig(
             num_samples=proposal.num_samples, search_alg=proposal.search_alg,
             max_concurrent_trials=proposal.max_concurrent_trials,
-            scheduler=proposal.scheduler, reuse_actors=False,
+            scheduler=proposal.scheduler, reuse_actors=s.reuse_actors,
         ),
         run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels),
     )
