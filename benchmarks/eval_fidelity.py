@@ -12,9 +12,9 @@ measured the same way as a cheaper proxy.
 Per setting it reports the Spearman rank correlation with the reference ranking (over all
 models, and within each kimg, which is what an ASHA rung compares), the mean and max absolute
 FID error, the median seconds per evaluation on this machine and the cost relative to the
-quickstart's setting; then the cheapest setting with rho >= 0.95, for the final evaluation (FID
-settings) and for rungs (FID settings or a proxy). None qualifying is written as null: keep the
-reference setting.
+quickstart's setting; then the cheapest setting with rho >= 0.95 over all models and within
+each kimg (on average), for the final evaluation (FID settings) and for rungs (FID settings or a
+proxy). None qualifying is written as null: keep the reference setting.
 
 Resumable and incremental: EMA weights and every finished evaluation are kept in ``--work``
 (``evals.json``); a rerun skips them, and ``--max-minutes`` stops cleanly between runs and
@@ -138,14 +138,22 @@ def cheapest_at(rows: Sequence[Mapping[str, Any]], threshold: float = THRESHOLD,
                 kinds: Sequence[str] = ("fid",)) -> Mapping[str, Any] | None:
     """The lowest-cost row of ``kinds`` whose ``rho`` reaches ``threshold``, or None.
 
-    Cost is ``median_seconds`` (measured here), ties broken by ``forwards`` then ``name``. None
-    means no cheaper setting ranks like the reference: keep evaluating at the reference setting.
-    Rows without a finite rho or cost never qualify.
+    Where a row has ``rho_within_kimg`` it must reach ``threshold`` too: an ASHA rung and the
+    end of a search compare models trained equally long, and a setting can order bad and good
+    models right overall (a wide spread) yet shuffle close ones. Cost is ``median_seconds``
+    (measured here), ties broken by ``forwards`` then ``name``. None means no cheaper setting
+    ranks like the reference: keep evaluating at the reference setting. Rows without a finite
+    rho or cost never qualify.
     """
+    def reaches(rho: float | None) -> bool:
+        return rho is not None and math.isfinite(rho) and rho >= threshold
+
     def ok(row: Mapping[str, Any]) -> bool:
-        rho, cost = row.get("rho"), row.get("median_seconds")
-        return (row.get("kind") in kinds and rho is not None and math.isfinite(rho)
-                and rho >= threshold and cost is not None and math.isfinite(cost))
+        cost = row.get("median_seconds")
+        within = row.get("rho_within_kimg", threshold)
+        return (row.get("kind") in kinds and reaches(row.get("rho"))
+                and (within is None or reaches(within))
+                and cost is not None and math.isfinite(cost))
 
     found = [r for r in rows if ok(r)]
     if not found:

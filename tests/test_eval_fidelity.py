@@ -94,6 +94,13 @@ def test_rungs_may_take_a_proxy_that_qualifies():
     assert ef.cheapest_at(ROWS, 0.96, ("fid", "proxy"))["name"] == "fid-300x10"
 
 
+def test_cheapest_at_also_needs_the_ranking_within_each_kimg():
+    rows = [{**r, "rho_within_kimg": 0.9} if r["name"] == "fid-300x10" else r for r in ROWS]
+    assert ef.cheapest_at(rows)["name"] == "fid-200x20"  # 300x10 shuffles same-kimg models
+    rows = [{**r, "rho_within_kimg": None} for r in ROWS]  # no group big enough: rho decides
+    assert ef.cheapest_at(rows)["name"] == "fid-300x10"
+
+
 def test_cheapest_at_is_none_when_nothing_qualifies():
     assert ef.cheapest_at(ROWS, 0.995) is None
     assert ef.cheapest_at([]) is None
