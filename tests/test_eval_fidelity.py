@@ -221,7 +221,9 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert len({m["reference_fid"] for m in result["models"]}) == len(result["models"])
     by = {r["name"]: r for r in result["settings"]}
     assert by[result["baseline"]]["cost_vs_baseline"] == pytest.approx(1.0)
-    assert by["fid-200x5"]["forwards"] * 10 == by[result["baseline"]]["forwards"]
+    for r in result["settings"]:  # network evaluations: the machine-independent cost
+        if r["kind"] == "fid":
+            assert r["forwards"] == r["num_images"] * r["steps"], r["name"]
     assert first.stderr.count("reference FID") == len(result["models"])
     assert "rho" in first.stdout and result["baseline"] in first.stdout
 
