@@ -505,3 +505,82 @@ def test_curriculum_ramp_order_is_a_config_error():
                            "timesteps.sampler.params.ramp_start=0.6",
                            "timesteps.sampler.params.ramp_end=0.2"])
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# logit_normal, mode, laplace (ALGORITHMS.md 6.1-6.3): noise-level laws on discrete timesteps
+
+
+def nearest_index(schedule: NoiseSchedule, log_snr: np.ndarray) -> np.ndarray:
+    """The timestep whose log SNR is nearest each value (log SNR decreases with t)."""
+    lam = schedule.log_snr
+    mid = 0.5 * (lam[1:] + lam[:-1])  # decreasing
+    return np.searchsorted(-mid, -np.asarray(log_snr))
+
+
+def histogram_agrees(p: torch.Tensor, idx: np.ndarray) -> None:
+    """Empirical frequencies of ``idx`` within 5 binomial standard deviations of ``p``."""
+    n = idx.size
+    emp = np.bincount(idx, minlength=p.numel()) / n
+    q = p.numpy()
+    tol = 5 * np.sqrt(q * (1 - q) / n) + 2.0 / n
+    assert np.all(np.abs(emp - q) <= tol), float(np.max(np.abs(emp - q) - tol))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("m,s", [(0.0, 1.0), (-1.2, 1.2), (0.8, 0.5)])
+def test_logit_normal_is_lognormal_with_p_mean_m_and_p_std_s(schedule, m, s):
+    from tsearch.timesteps.logit_normal import LogitNormalSampler
+
+    sched = NoiseSchedule.create(schedule)
+    p = LogitNormalSampler(sched, LogitNormalSampler.Params(m=m, s=s)).probs()
+    same = LogNormalSampler(sched, LogNormalSampler.Params(p_mean=m, p_std=s)).probs()
+    assert torch.allclose(p, same, rtol=1e-12, atol=1e-15)
+    # From SD3's own definition: t = sigmoid(u), SNR = ((1 - t) / t)^2, nearest in log SNR.
+    u = np.random.default_rng(0).normal(m, s, 1_000_000)
+    t = 1.0 / (1.0 + np.exp(-u))
+    histogram_agrees(p, nearest_index(sched, 2.0 * np.log((1.0 - t) / t)))
+
+
+@pytest.mark.parametrize("s", [1.29, 0.0, -0.9, 1.7])
+def test_mode_probs_match_a_million_draws(s):
+    from tsearch.timesteps.mode import ModeSampler
+
+    sched = NoiseSchedule.create("linear")
+    p = ModeSampler(sched, ModeSampler.Params(s=s)).probs()
+    u = np.random.default_rng(1).uniform(0.0, 1.0, 1_000_000)
+    t = 1.0 - u - s * (np.cos(np.pi * u / 2.0) ** 2 - 1.0 + u)  # SD3's f_mode
+    t = t[(t > 0) & (t < 1)]
+    histogram_agrees(p, nearest_index(sched, 2.0 * np.log((1.0 - t) / t)))
+
+
+def test_mode_refuses_scales_where_it_is_not_monotone():
+    from tsearch.timesteps.mode import ModeSampler
+
+    for bad in (-1.01, 2.0 / (np.pi - 2.0) + 1e-3):
+        with pytest.raises(ValidationError):
+            ModeSampler.Params(s=bad)
+    ModeSampler.Params(s=-1.0)  # both ends of SD3's range are valid
+    ModeSampler.Params(s=2.0 / (np.pi - 2.0))
+
+
+@pytest.mark.parametrize("shape,mu,scale", [("laplace", 0.0, 0.5), ("laplace", -3.0, 2.0),
+                                            ("cauchy", 0.0, 1.0), ("cauchy", 2.0, 0.3)])
+def test_laplace_and_cauchy_cell_masses_and_median_in_log_snr(shape, mu, scale):
+    from scipy import stats
+
+    from tsearch.timesteps.laplace import LaplaceSampler
+
+    sched = NoiseSchedule.create("linear")
+    params = LaplaceSampler.Params(mu=mu, scale=scale, shape=shape)
+    p = LaplaceSampler(sched, params).probs().numpy()
+    law = (stats.laplace if shape == "laplace" else stats.cauchy)(loc=mu, scale=scale)
+    lam = sched.log_snr
+    mid = 0.5 * (lam[1:] + lam[:-1])
+    for i in (1, 300, 600, 998):  # a cell holds log SNR between its two midpoints
+        assert p[i] == pytest.approx(law.cdf(mid[i - 1]) - law.cdf(mid[i]), rel=1e-9, abs=1e-15)
+    assert p[0] == pytest.approx(law.sf(mid[0]), rel=1e-9)  # the open end cells
+    assert p[-1] == pytest.approx(law.cdf(mid[-1]), rel=1e-9, abs=1e-15)
+    # The median of log SNR is mu: the cumulative mass passes 1/2 in the cell holding mu.
+    median_index = int(np.searchsorted(np.cumsum(p), 0.5))
+    assert median_index == int(nearest_index(sched, np.array([mu]))[0])

@@ -35,6 +35,9 @@ EXERCISED: dict[str, tuple[int, dict]] = {
     "speed": (50, {"tau": 30, "k": 3.0}),
     "curriculum": (50, {"ramp_start": 0.1, "ramp_end": 0.6}),
     "lognormal": (50, {}),
+    "logit_normal": (50, {"m": -0.5, "s": 1.5}),
+    "mode": (50, {"s": -0.8}),
+    "laplace": (50, {"mu": 1.0, "scale": 2.0, "shape": "cauchy"}),
     "adaptive": (50, {"update_every": 1, "scan_stride": 5, "hidden": 16, "queue_size": 4,
                       "baseline": True}),
 }

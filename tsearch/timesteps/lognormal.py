@@ -23,17 +23,28 @@ class LogNormalParams(Params):
     p_std: float = Field(1.2, gt=0.0, le=20.0)  # std of ln sigma (EDM P_std)
 
 
+def cell_bounds(log_sigma: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper ln sigma of each timestep's cell: midpoints, the end cells open.
+
+    A continuous noise level goes to the timestep nearest in log sigma (equivalently in log
+    SNR = -2 ln sigma), so a distribution over noise levels gives each index the mass of its
+    cell, and p(t) is exact and sums to 1.
+    """
+    ls = torch.as_tensor(np.asarray(log_sigma), dtype=torch.float64)
+    if not bool(torch.all(ls[1:] > ls[:-1])):
+        raise ValueError("sigma_t of this schedule is not strictly increasing in t")
+    mid = 0.5 * (ls[1:] + ls[:-1])
+    inf = torch.tensor([float("inf")], dtype=torch.float64)
+    return torch.cat([-inf, mid]), torch.cat([mid, inf])
+
+
 def lognormal_timestep_probs(log_sigma: np.ndarray, p_mean: float, p_std: float) -> torch.Tensor:
     """P(t) = Phi(z_upper(t)) - Phi(z_lower(t)) over the cells of increasing ``log_sigma``.
 
     Cells right of the mean use the upper tail, Phi(-z_lower) - Phi(-z_upper), so far-tail
     probabilities keep their relative precision instead of cancelling to 0.
     """
-    ls = torch.as_tensor(np.asarray(log_sigma), dtype=torch.float64)
-    mid = 0.5 * (ls[1:] + ls[:-1])
-    inf = torch.tensor([float("inf")], dtype=torch.float64)
-    lower = torch.cat([-inf, mid])
-    upper = torch.cat([mid, inf])
+    lower, upper = cell_bounds(log_sigma)
     zl, zu = (lower - p_mean) / p_std, (upper - p_mean) / p_std
     right = zl > 0
     p = torch.where(right, torch.special.ndtr(-zl) - torch.special.ndtr(-zu),

@@ -28,7 +28,10 @@ from tsearch.timesteps.base import LossWeighting, Params, TimestepSampler
 from tsearch.timesteps.curriculum import CurriculumSampler
 from tsearch.timesteps.gradvar import GradVarSampler
 from tsearch.timesteps.importance import LossSecondMomentSampler
+from tsearch.timesteps.laplace import LaplaceSampler
+from tsearch.timesteps.logit_normal import LogitNormalSampler
 from tsearch.timesteps.lognormal import LogNormalSampler
+from tsearch.timesteps.mode import ModeSampler
 from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.uniform import UniformSampler
 from tsearch.timesteps.weighting import (
@@ -47,6 +50,9 @@ SAMPLERS: dict[str, type[TimestepSampler]] = {
     "speed": SpeedSampler,
     "curriculum": CurriculumSampler,
     "adaptive": AdaptiveSampler,
+    "logit_normal": LogitNormalSampler,
+    "mode": ModeSampler,
+    "laplace": LaplaceSampler,
 }
 
 WEIGHTINGS: dict[str, type[LossWeighting]] = {

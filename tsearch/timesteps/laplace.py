@@ -1,0 +1,66 @@
+"""Laplace (or Cauchy) sampling in log SNR, on the process's discrete timesteps.
+
+ALGORITHMS.md 6.3 (Hang et al. 2024, "Improved noise schedule for diffusion training"): the
+noise level's lambda = log SNR follows p(lambda) = exp(-|lambda - mu| / b) / (2b), defaults
+mu = 0, b = 0.5 [UNVERIFIED: what public re-implementations use]; the Cauchy variant
+p(lambda) = 1 / (pi gamma (1 + ((lambda - mu) / gamma)^2)) is ``shape: cauchy`` with gamma =
+``scale``. Each timestep gets the mass of its cell (lambda = -2 ln sigma, the cells ``lognormal``
+uses), so p(t) is exact and sums to 1; tails use the survival function, so far cells keep their
+relative precision.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from tsearch.diffusion.schedule import NoiseSchedule
+from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
+from tsearch.timesteps.lognormal import cell_bounds
+
+
+class LaplaceParams(Params):
+    mu: float = Field(0.0, ge=-40.0, le=40.0)  # location in log SNR (0: SNR = 1)
+    scale: float = Field(0.5, gt=0.0, le=40.0)  # Laplace b, or Cauchy gamma
+    shape: Literal["laplace", "cauchy"] = "laplace"
+
+
+def _cdf(z: torch.Tensor, shape: str) -> torch.Tensor:
+    """P(Z <= z) of the standard Laplace or Cauchy, accurate in the lower tail."""
+    if shape == "laplace":
+        return torch.where(z < 0, 0.5 * torch.exp(torch.clamp(z, max=0.0)),
+                           1.0 - 0.5 * torch.exp(-torch.clamp(z, min=0.0)))
+    return torch.atan2(torch.ones_like(z), -z) / torch.pi  # 1/2 + atan(z)/pi, tail-exact
+
+
+def log_snr_timestep_probs(log_sigma: np.ndarray, mu: float, scale: float,
+                           shape: str) -> torch.Tensor:
+    """P(index) = P(lambda in its cell), lambda = -2 ln sigma, for a symmetric law around mu."""
+    lower, upper = cell_bounds(log_sigma)
+    za, zb = (-2.0 * upper - mu) / scale, (-2.0 * lower - mu) / scale  # za < zb in lambda
+    right = za > 0  # above mu: the mass from the upper tail, S(za) - S(zb), S(z) = F(-z)
+    p = torch.where(right, _cdf(-za, shape) - _cdf(-zb, shape), _cdf(zb, shape) - _cdf(za, shape))
+    p = p.clamp_min(0.0)
+    return p / p.sum()
+
+
+class LaplaceSampler(TimestepSampler):
+    """lambda = log SNR ~ Laplace(mu, b) (or Cauchy(mu, gamma)); nearest timestep; p(t) exact."""
+
+    name = "laplace"
+    Params = LaplaceParams
+    unbiased = False
+
+    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
+        super().__init__(schedule, params, seed)
+        p = self.params
+        self._p = log_snr_timestep_probs(np.log(schedule.sigma), p.mu, p.scale, p.shape)
+
+    def probs(self) -> torch.Tensor:
+        return self._p.clone()
+
+    def sample(self, n: int, ctx: StepContext) -> Draw:
+        return self.draw_from(self._p, n)

@@ -1,0 +1,69 @@
+"""SD3's mode sampling, on the process's discrete timesteps.
+
+ALGORITHMS.md 6.2 (Esser et al. 2024): u ~ U(0, 1), t = f(u; s) = 1 - u - s (cos^2(pi u / 2)
+- 1 + u) in rectified-flow time (t = 1 is noise), default s = 1.29. f is strictly decreasing
+on [0, 1] for -1 <= s <= 2 / (pi - 2), the range SD3 gives, so P(t <= tau) = 1 - f^-1(tau).
+The noise level of rectified-flow time t is ln sigma = logit(t); each timestep gets the mass of
+its cell in log sigma (the one ``lognormal`` uses), so p(t) is exact. s = 0 is uniform in t;
+s > 0 puts more mass in the middle of t, s < 0 at its ends.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from tsearch.diffusion.schedule import NoiseSchedule
+from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
+from tsearch.timesteps.lognormal import cell_bounds
+
+S_MAX = 2.0 / (math.pi - 2.0)  # f stays monotone up to here (f'(u) < 0 on (0, 1))
+
+
+class ModeParams(Params):
+    s: float = Field(1.29, ge=-1.0, le=S_MAX)  # SD3's scale; 0 = uniform in t
+
+
+def mode_time(u: torch.Tensor, s: float) -> torch.Tensor:
+    """f(u; s): the rectified-flow time that mode sampling gives a uniform u."""
+    return 1.0 - u - s * (torch.cos(math.pi * u / 2.0) ** 2 - 1.0 + u)
+
+
+def mode_inverse(t: torch.Tensor, s: float, iterations: int = 60) -> torch.Tensor:
+    """u with f(u; s) = t, by bisection (f decreases from 1 at u = 0 to 0 at u = 1)."""
+    t = t.to(torch.float64)
+    lo, hi = torch.zeros_like(t), torch.ones_like(t)
+    for _ in range(iterations):  # 2^-60: below float64's resolution of [0, 1]
+        mid = 0.5 * (lo + hi)
+        above = mode_time(mid, s) > t  # f(mid) > t: the solution lies right of mid
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def mode_timestep_probs(log_sigma: np.ndarray, s: float) -> torch.Tensor:
+    """P(index) = P(logit(t) in its log-sigma cell): f^-1(sigmoid(lower)) - f^-1(sigmoid(upper))."""
+    lower, upper = cell_bounds(log_sigma)
+    p = mode_inverse(torch.sigmoid(lower), s) - mode_inverse(torch.sigmoid(upper), s)
+    p = p.clamp_min(0.0)
+    return p / p.sum()
+
+
+class ModeSampler(TimestepSampler):
+    """SD3's mode sampling in rectified-flow time, nearest timestep in log sigma; p(t) exact."""
+
+    name = "mode"
+    Params = ModeParams
+    unbiased = False
+
+    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
+        super().__init__(schedule, params, seed)
+        self._p = mode_timestep_probs(np.log(schedule.sigma), self.params.s)
+
+    def probs(self) -> torch.Tensor:
+        return self._p.clone()
+
+    def sample(self, n: int, ctx: StepContext) -> Draw:
+        return self.draw_from(self._p, n)
