@@ -76,6 +76,24 @@ def test_min_snr_forms():
         MinSNRWeighting(LINEAR, prediction="sample")
 
 
+def test_debias_values_at_three_timesteps():
+    from tsearch.timesteps.weighting import DebiasWeighting
+
+    # Linear betas 1e-4 .. 0.02 from their definition, not from NoiseSchedule.
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    raw = DebiasWeighting.Params(normalize=False)
+    t = [0, 500, 999]
+    eps = DebiasWeighting(LINEAR, raw, "eps").table()
+    np.testing.assert_allclose(eps[t], np.sqrt((1 - abar[t]) / abar[t]), rtol=1e-9)
+    assert eps[0] == pytest.approx(0.0100005, rel=1e-5)  # sqrt(1e-4 / 0.9999)
+    v = DebiasWeighting(LINEAR, raw, "v").table()
+    np.testing.assert_allclose(v[t], np.sqrt(1 - abar[t]), rtol=1e-9)  # 1 / sqrt(SNR + 1)
+    x0 = DebiasWeighting(LINEAR, raw, "x0").table()
+    np.testing.assert_allclose(x0[t], np.sqrt(abar[t] / (1 - abar[t])), rtol=1e-9)
+    normalized = DebiasWeighting(LINEAR).table()  # default: mean 1 over t, same shape
+    assert normalized.mean() == pytest.approx(1.0) and np.allclose(normalized, eps / eps.mean())
+
+
 def test_min_snr_is_one_where_snr_is_zero():
     betas = LINEAR.betas.copy()
     betas[-1] = 1.0  # zero terminal SNR

@@ -35,6 +35,7 @@ from tsearch.timesteps.mode import ModeSampler
 from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.uniform import UniformSampler
 from tsearch.timesteps.weighting import (
+    DebiasWeighting,
     MinSNRWeighting,
     NoWeighting,
     P2Weighting,
@@ -61,6 +62,7 @@ WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "p2": P2Weighting,
     "min_snr": MinSNRWeighting,
     "speed": SpeedWeighting,
+    "debias": DebiasWeighting,
 }
 
 

@@ -140,3 +140,34 @@ class SpeedWeighting(LossWeighting):
         w = np.ones(T)
         w[:tau] = (1.0 - lam) + (2.0 * lam - 1.0) * scaled[:tau]
         return np.maximum(w, _SPEED_FLOOR)
+
+
+class DebiasParams(Params):
+    # Divide by the mean over t, as ``vlb`` does: the raw weights average 18 (linear) to 25
+    # (cosine) on the eps loss, which would multiply the effective learning rate as much.
+    normalize: bool = True
+
+
+class DebiasWeighting(LossWeighting):
+    """w_t = 1 / sqrt(SNR_t) on the eps-MSE (Yu et al. 2023; ALGORITHMS.md 6.5).
+
+    That is sigma_t = sqrt((1 - abar_t) / abar_t): 0.010 at t = 0 and 157 at t = 999 (linear),
+    so noisy timesteps dominate. v-prediction: 1 / sqrt(SNR + 1) = sqrt(1 - abar_t)
+    [UNVERIFIED form]; x0-prediction: sqrt(SNR), the eps weight times SNR (the x0 error is the
+    eps error divided by sqrt(SNR)), as Min-SNR's x0 form is.
+    """
+
+    name = "debias"
+    Params = DebiasParams
+
+    def table(self) -> np.ndarray:
+        snr = self.schedule.snr
+        if self.prediction == "eps":
+            w = 1.0 / np.sqrt(snr)
+        elif self.prediction == "x0":
+            w = np.sqrt(snr)
+        elif self.prediction == "v":
+            w = 1.0 / np.sqrt(snr + 1.0)
+        else:
+            raise ValueError(f"debias: unknown prediction {self.prediction!r}; eps, x0 or v")
+        return w / w.mean() if self.params.normalize else w
