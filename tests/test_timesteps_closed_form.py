@@ -602,3 +602,52 @@ def test_laplace_and_cauchy_cell_masses_and_median_in_log_snr(shape, mu, scale):
     # The median of log SNR is mu: the cumulative mass passes 1/2 in the cell holding mu.
     median_index = int(np.searchsorted(np.cumsum(p), 0.5))
     assert median_index == int(nearest_index(sched, np.array([mu]))[0])
+
+
+# --------------------------------------------------------------------------------------------
+# uncertainty (EDM2, ALGORITHMS.md 6.4): a learned u(t) that equalises the expected loss
+
+
+def test_uncertainty_weighting_equalises_a_loss_that_differs_100x_across_t():
+    from tsearch.timesteps.uncertainty import UncertaintyWeighting
+
+    T = LINEAR.num_timesteps
+    mean_loss = torch.as_tensor(10 ** (2 * np.arange(T) / (T - 1)), dtype=torch.float32)
+    w = UncertaintyWeighting(LINEAR)
+    assert torch.equal(w.weights(torch.arange(T)), torch.ones(T))  # starts unweighted
+    opt = torch.optim.Adam(w.parameters(), lr=2e-2)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2000)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2000):  # exponential per-sample losses with mean mean_loss[t]
+        t = torch.randint(0, T, (256,), generator=g)
+        losses = mean_loss[t] * -torch.log(torch.rand(256, generator=g))
+        opt.zero_grad()
+        w.objective(losses, t).mean().backward()
+        opt.step()
+        decay.step()
+    weighted = (mean_loss * w.weights(torch.arange(T))).numpy().reshape(10, 100).mean(axis=1)
+    unweighted = mean_loss.numpy().reshape(10, 100).mean(axis=1)
+    assert unweighted.max() / unweighted.min() > 30  # deciles of t: far apart unweighted ...
+    assert np.all(np.abs(weighted / weighted.mean() - 1) < 0.10), weighted  # ... within 10%
+
+
+def test_uncertainty_state_round_trips_and_the_plan_refuses_a_factor():
+    from tsearch.timesteps.base import Draw
+    from tsearch.timesteps.plan import from_config
+    from tsearch.timesteps.uncertainty import UncertaintyWeighting
+
+    a, b = UncertaintyWeighting(LINEAR), UncertaintyWeighting(LINEAR)
+    with torch.no_grad():
+        a.layer.weight.normal_()
+    b.load_state_dict(a.state_dict())
+    t = torch.arange(1000)
+    assert torch.equal(a.weights(t), b.weights(t)) and not torch.equal(a.weights(t), t * 0 + 1)
+    cfg = load_config(None, ["timesteps.weighting.name=uncertainty"])
+    plan = from_config(cfg)
+    draw = Draw(t=torch.tensor([3, 500]), importance_weight=torch.ones(2))
+    with pytest.raises(TypeError, match=r"plan\.loss"):
+        plan.loss_factor(draw)
+    losses = torch.tensor([2.0, 3.0], requires_grad=True)
+    plan.loss(draw, losses).backward()  # u = 0 at the start: the plain mean, and a gradient
+    assert torch.allclose(losses.grad, torch.tensor([0.5, 0.5]))
+    assert all(p.grad is not None for p in plan.weighting.parameters())

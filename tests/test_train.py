@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,6 +153,25 @@ def test_resume_reproduces_next_losses_exactly(tmp_path):
     resumed = train(cfg, run_dir=part.run_dir, resume=True, evaluate=False)
     assert resumed.steps == 12
     assert _losses(part.run_dir / "metrics.jsonl") == full_losses
+
+
+def test_learned_uncertainty_weighting_trains_logs_and_resumes_exactly(tmp_path):
+    # EDM2's u(t) is trained by the model's optimizer and restored exactly from a checkpoint:
+    # the resumed run's next losses, and its learned w(t), equal an uninterrupted run's.
+    overrides = ("train.total_kimg=0.384", "eval.every_kimg=0.192", "train.log_every_kimg=0.032",
+                 "timesteps.weighting.name=uncertainty")
+    full = train(smoke(tmp_path / "a", *overrides), evaluate=False)
+    full_losses = _losses(full.run_dir / "metrics.jsonl")
+    cfg = smoke(tmp_path / "b", *overrides)
+    part = train(cfg, evaluate=False, max_steps=6)
+    resumed = train(cfg, run_dir=part.run_dir, resume=True, evaluate=False)
+    assert resumed.steps == 12
+    assert _losses(part.run_dir / "metrics.jsonl") == full_losses
+    a, b = np.load(full.run_dir / "timesteps.npz"), np.load(part.run_dir / "timesteps.npz")
+    assert a["weights"].shape == (2, 1000) and np.array_equal(a["weights"], b["weights"])
+    assert np.array_equal(a["weight_kimg"], b["weight_kimg"])
+    assert not np.allclose(a["weights"][-1], 1.0)  # u(t) moved from its zero start
+    assert (full.run_dir / "w_t_heatmap.png").stat().st_size > 0
 
 
 def test_checkpoint_of_the_fid_only_layout_still_resumes(tmp_path):

@@ -112,6 +112,11 @@ def pt_artifact(images_seen: int) -> str:
     return f"{TIMESTEPS_DIR}/p_t_{images_seen:09d}.npy"
 
 
+def wt_artifact(images_seen: int) -> str:
+    """Artifact path of a learned weighting's w(t) snapshot taken at ``images_seen``."""
+    return f"{TIMESTEPS_DIR}/w_t_{images_seen:09d}.npy"
+
+
 def pt_images_seen(filename: str) -> int | None:
     """Inverse of :func:`pt_artifact` on a file name; None if it is not a snapshot."""
     match = _PT_FILE.match(filename)
@@ -131,6 +136,7 @@ class RunDir:
     timesteps = property(lambda self: self.path / "timesteps.npz")  # p(t) over training
     checkpoints = property(lambda self: self.path / "checkpoints")
     heatmap = property(lambda self: self.path / "p_t_heatmap.png")
+    weight_heatmap = property(lambda self: self.path / "w_t_heatmap.png")  # learned weighting
     fid_curve = property(lambda self: self.path / "fid_curve.png")
 
 

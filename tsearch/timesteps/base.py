@@ -239,11 +239,40 @@ class LossWeighting(ABC):
         """The weight of every timestep, float64 [T]."""
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
-        """w[t] on t's device, float32."""
+        """w[t] on t's device, float32 (for a learned weighting: its current value, detached)."""
         key = str(t.device)
         if key not in self._tensors:
             self._tensors[key] = torch.as_tensor(self._table, dtype=torch.float32).to(t.device)
         return self._tensors[key][t]
+
+    # A learned weighting (EDM2's uncertainty) adds a term and owns parameters that the model's
+    # optimizer trains with the model; a table weighting has none and these are no-ops.
+    learned: ClassVar[bool] = False
+
+    def objective(self, losses: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample objective from per-sample unweighted losses: w[t] * L for a table."""
+        return losses * self.weights(t)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer must train besides the model (none for a table)."""
+        return []
+
+    def to(self, device: torch.device | str) -> LossWeighting:
+        """Move learned parameters to the training device."""
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state for checkpoints (empty for a table: it is rebuilt from the config)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` exactly."""
+        if state:
+            raise ValueError(f"weighting {self.name!r} has no learned state to restore")
+
+    def snapshot(self) -> np.ndarray:
+        """The current w(t), float64 [T], for logging over training."""
+        return self._table.copy()
 
 
 def entropy(p: torch.Tensor) -> float:

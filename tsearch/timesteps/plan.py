@@ -19,7 +19,7 @@ class TimestepPlan:
     """A timestep sampler and loss weighting built from one config.
 
     In a plain loop: ``draw = plan.sample(x0, step, progress)``; train on ``draw.t``; compute the
-    per-sample loss ``[n]``; ``loss = (per_sample * plan.loss_factor(draw)).mean()``; then
+    per-sample loss ``[n]``; ``loss = plan.loss(draw, per_sample)``; then
     ``plan.observe(draw, per_sample)``. Samplers that need probes (``adaptive``, ``gradvar``)
     need the tsearch trainer, which measures losses around the optimizer step for them.
     """
@@ -42,7 +42,22 @@ class TimestepPlan:
 
     def loss_factor(self, draw: Draw) -> torch.Tensor:
         """w[t] * importance weight: multiply the per-sample loss by this before the mean."""
+        if self.weighting.learned:
+            raise TypeError(f"weighting {self.weighting.name!r} is learned: its objective is not "
+                            "a factor. Use plan.loss(draw, per_sample) and add "
+                            "plan.weighting.parameters() to your optimizer")
         return self.weighting.weights(draw.t) * draw.importance_weight.to(draw.t.device)
+
+    def loss(self, draw: Draw, per_sample_loss: torch.Tensor) -> torch.Tensor:
+        """The batch objective the tsearch trainer optimises, from unweighted per-sample losses.
+
+        For a learned weighting (``uncertainty``) this includes its own term; its parameters
+        (``plan.weighting.parameters()``, no weight decay) must be in your optimizer, and its
+        ``state_dict()`` in your checkpoints.
+        """
+        t = draw.t.to(per_sample_loss.device)
+        per_sample = self.weighting.objective(per_sample_loss, t)
+        return (per_sample * draw.importance_weight.to(per_sample_loss.device)).mean()
 
     def observe(self, draw: Draw, per_sample_loss: torch.Tensor) -> None:
         """Feed the unweighted per-sample losses back; a loss-aware sampler applies the

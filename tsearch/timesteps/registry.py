@@ -33,6 +33,7 @@ from tsearch.timesteps.logit_normal import LogitNormalSampler
 from tsearch.timesteps.lognormal import LogNormalSampler
 from tsearch.timesteps.mode import ModeSampler
 from tsearch.timesteps.speed import SpeedSampler
+from tsearch.timesteps.uncertainty import UncertaintyWeighting
 from tsearch.timesteps.uniform import UniformSampler
 from tsearch.timesteps.weighting import (
     DebiasWeighting,
@@ -63,6 +64,7 @@ WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "min_snr": MinSNRWeighting,
     "speed": SpeedWeighting,
     "debias": DebiasWeighting,
+    "uncertainty": UncertaintyWeighting,
 }
 
 

@@ -208,7 +208,7 @@ def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
     st.sampler.observe(draw, losses.detach(), ctx)
 
     # Weighted objective, backward, optimizer step.
-    objective = (losses * st.weighting.weights(t) * draw.importance_weight.to(device)).mean()
+    objective = (st.weighting.objective(losses, t) * draw.importance_weight.to(device)).mean()
     st.optimizer.zero_grad(set_to_none=True)
     objective.backward()
     grad_norm = None

@@ -139,9 +139,16 @@ class RunRecorder:
         probs = state.sampler.probs().double().cpu().numpy()
         state.pt_history.append(state.kimg, probs)
         self.tracker.log_array(probs, names.pt_artifact(state.images_seen))
+        extra = {}
+        if state.weighting.learned:  # its w(t) is learned too: kept beside p(t)
+            weights = state.weighting.snapshot()
+            state.wt_history.append(state.kimg, weights)
+            self.tracker.log_array(weights, names.wt_artifact(state.images_seen))
+            extra = {"weight_kimg": np.asarray(state.wt_history.kimgs),
+                     "weights": np.asarray(state.wt_history.matrix)}
         # Written now, not at the end: a trial stopped by ASHA never reaches the end.
         np.savez(self.dir.timesteps, kimg=np.asarray(state.pt_history.kimgs),
-                 probs=np.asarray(state.pt_history.matrix))
+                 probs=np.asarray(state.pt_history.matrix), **extra)
 
     def write_plots(self, state: TrainState) -> None:
         """Heatmap of p(t) and the FID curve (written even when the run failed)."""
@@ -151,6 +158,13 @@ class RunRecorder:
         if len(pt.kimgs):
             heat = plots.plot_timestep_heatmap(pt.kimgs, np.asarray(pt.matrix), self.dir.heatmap,
                                                title=f"p(t) over training: {name}")
+            self.tracker.log_artifact(heat, names.ARTIFACT_PLOTS)
+        wt = state.wt_history
+        if len(wt.kimgs):
+            heat = plots.plot_timestep_heatmap(
+                wt.kimgs, np.asarray(wt.matrix) / state.schedule.num_timesteps,
+                self.dir.weight_heatmap,
+                title=f"learned weight w(t) over training: {state.weighting.name}")
             self.tracker.log_artifact(heat, names.ARTIFACT_PLOTS)
         fids = [(k, m[names.FID]) for k, m in state.evals if names.FID in m]
         if fids:

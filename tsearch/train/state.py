@@ -77,6 +77,7 @@ class TrainState:
     probe_forwards: int = 0
     evals: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (kimg, metrics)
     pt_history: TimestepHistory = field(default_factory=TimestepHistory)
+    wt_history: TimestepHistory = field(default_factory=TimestepHistory)  # learned w(t)
 
     @property
     def kimg(self) -> float:
@@ -92,6 +93,9 @@ class TrainState:
             "evals": [[k, dict(m)] for k, m in self.evals],
             "pt_kimg": [float(k) for k in self.pt_history.kimgs],
             "pt_probs": [torch.as_tensor(p) for p in self.pt_history.matrix],
+            "weighting": self.weighting.state_dict(),  # a learned weighting's parameters
+            "wt_kimg": [float(k) for k in self.wt_history.kimgs],
+            "wt_rows": [torch.as_tensor(w) for w in self.wt_history.matrix],
             "config": self.cfg.to_dict(),
         }
 
@@ -104,6 +108,7 @@ class TrainState:
             raise CheckpointError(f"{source} does not match the config's model "
                                   f"({str(exc).splitlines()[0][:100]})") from None
         self.sampler.load_state_dict(state["sampler"])
+        self.weighting.load_state_dict(state.get("weighting", {}))  # absent before issue 16
         self.loader.load_state_dict(state["loader"])
         self.noise_gen.set_state(state["noise_gen"])
         self.probe.generator.set_state(state["probe_gen"])
@@ -116,6 +121,9 @@ class TrainState:
         self.pt_history = TimestepHistory()
         for kimg, p in zip(state["pt_kimg"], state["pt_probs"], strict=True):
             self.pt_history.append(kimg, np.asarray(p))
+        self.wt_history = TimestepHistory()
+        for kimg, w in zip(state.get("wt_kimg", []), state.get("wt_rows", []), strict=True):
+            self.wt_history.append(kimg, np.asarray(w))
 
     def save(self, ckpt_dir: Path, keep: int = 2) -> Path:
         return save_checkpoint(self.state_dict(), ckpt_dir, self.images_seen, keep=keep)
@@ -170,10 +178,14 @@ def build_state(cfg: Config, sampler: TimestepSampler | None = None) -> TrainSta
     noise_gen = torch.Generator(device=device).manual_seed(derive_seed(tc.seed, "noise"))
     probe_gen = torch.Generator(device=device).manual_seed(derive_seed(tc.seed, "probe"))
     autocast = autocast_for(device, tc.precision)
+    weighting = build_weighting(cfg.timesteps.weighting, schedule, d.prediction).to(device)
+    groups = [{"params": list(model.parameters())}]
+    if weighting.parameters():  # a learned weighting trains with the model, without decay
+        groups.append({"params": weighting.parameters(), "weight_decay": 0.0})
     return TrainState(
         cfg=cfg, device=device, schedule=schedule, image_shape=image_shape, model=model,
-        ema=ema, optimizer=build_optimizer(model.parameters(), cfg.optim), sampler=sampler,
-        weighting=build_weighting(cfg.timesteps.weighting, schedule, d.prediction),
+        ema=ema, optimizer=build_optimizer(groups, cfg.optim), sampler=sampler,
+        weighting=weighting,
         loader=loader, noise_gen=noise_gen, autocast=autocast,
         probe=ProbeRunner(model, schedule, d.prediction, probe_gen, autocast,
                           chunk=max(4 * tc.batch_size, 256)))
