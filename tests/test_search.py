@@ -260,7 +260,7 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
 
 @pytest.mark.parametrize("name,trials,needle", [
     ("cifar10-paper", 48, "timesteps.sampler.name: choice"),
-    ("quickstart", 10, "timesteps.sampler.name: choice"),
+    ("quickstart", 12, "timesteps.sampler.name: choice"),
     ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
     ("replicate-adaptive", 33, "adaptive+bonus: timesteps.sampler.name=adaptive"),
 ])
