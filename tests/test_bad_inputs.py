@@ -207,6 +207,10 @@ FILE_CASES = [
     ("nul-byte", b"train: {seed: 1}\x00\n", "not valid YAML"),
     ("huge-integer", b"train: {seed: " + b"9" * 5000 + b"}\n", "cannot be read"),
     ("non-string-key", b"1: 2\n", "top-level key 1"),
+    # PyYAML keeps the last of two equal keys: a search space would lose a distribution.
+    ("duplicate-key", b"search:\n  space:\n    optim.lr: {float: [1.0e-4, 1.0e-2]}\n"
+     b"    optim.lr: {choice: [0.001]}\n", "key 'optim.lr' twice in one mapping (lines 3 and 4)"),
+    ("duplicate-key-inline", b"train: {seed: 1, seed: 2}\n", "key 'seed' twice"),
 ]
 
 
@@ -220,6 +224,11 @@ def test_bad_file_is_one_line(cfg_dir, capfd, content, why):
 def test_small_aliases_still_work(cfg_dir, capfd):
     (cfg_dir / "a.yaml").write_text(BASE + "tracking: &t {experiment: shared}\n")
     assert run_cli(capfd, "train", "a.yaml", "--dry-run").code == 0
+    # A merge key's values may be overridden: that is its purpose, not a duplicate key.
+    from tsearch.config import _load_yaml
+
+    merged = _load_yaml("base: &b {seed: 1, threads: 1}\ntrain: {<<: *b, seed: 2}\n")
+    assert merged["train"] == {"seed": 2, "threads": 1}
 
 
 OVERLAY_CASES = [  # (overlay file content or None for a missing file, extra args, fragments)

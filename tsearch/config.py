@@ -425,6 +425,25 @@ class _YamlProblem(Exception):
 class _ConfigLoader(yaml.SafeLoader):
     """PyYAML's SafeLoader, as our own class so that nothing added here leaks into PyYAML's."""
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Refuse a key written twice in one mapping: PyYAML keeps the last one silently, so a
+        second ``timesteps.sampler.params.mu`` in a search space would drop the first."""
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overrides: fine
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise _YamlProblem(f"has the key {key!r} twice in one mapping (lines "
+                                       f"{first[key]} and {line}); the second would silently "
+                                       "replace the first: keep one")
+                first[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error says so below
+                continue
+        return super().construct_mapping(node, deep=deep)
+
 
 def _expanded_size(root: yaml.Node) -> int:
     """Number of values ``root`` stands for once every alias is expanded (stops past the cap).
