@@ -113,3 +113,22 @@ def test_rescaled_short_schedule_and_bad_name():
     assert s.betas[0] == pytest.approx(1e-3) and s.betas[-1] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="unknown schedule"):
         NoiseSchedule.create("sigmoid")
+
+
+def test_flow_betas_are_rectified_flow_as_a_scaled_vp_process():
+    from tsearch.diffusion.schedule import flow_betas, flow_times
+
+    T = 1000
+    sched = NoiseSchedule(name="flow", betas=flow_betas(T))
+    t = flow_times(T)
+    assert np.all((sched.betas > 0) & (sched.betas < 1))
+    np.testing.assert_allclose(sched.snr, ((1 - t) / t) ** 2, rtol=1e-9)
+    np.testing.assert_allclose(sched.sigma, t / (1 - t), rtol=1e-9)  # ln sigma = logit(t)
+    # x_t of rectified flow, rescaled, is the VP sample at the same index (same x0 and eps).
+    gen = np.random.default_rng(0)
+    x0, eps = gen.normal(size=(3, 16)), gen.normal(size=(3, 16))
+    for i in (0, 499, 999):
+        flow = (1 - t[i]) * x0 + t[i] * eps
+        ab = sched.alphas_cumprod[i]
+        vp = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+        np.testing.assert_allclose(flow / np.sqrt((1 - t[i]) ** 2 + t[i] ** 2), vp, rtol=1e-9)

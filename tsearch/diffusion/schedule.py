@@ -49,6 +49,25 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return np.minimum(betas, max_beta)
 
 
+def flow_times(num_timesteps: int) -> np.ndarray:
+    """Rectified-flow time of each index: the middle of its cell [i/T, (i+1)/T) (t = 1 is noise)."""
+    return (np.arange(num_timesteps, dtype=np.float64) + 0.5) / num_timesteps
+
+
+def flow_betas(num_timesteps: int) -> np.ndarray:
+    """The VP process that rectified flow is, up to the scale of x_t (ALGORITHMS.md 6.6).
+
+    x_t = (1 - t) x0 + t eps divided by sqrt((1 - t)^2 + t^2) is sqrt(abar) x0 + sqrt(1 - abar)
+    eps with abar = (1 - t)^2 / ((1 - t)^2 + t^2), i.e. SNR = ((1 - t) / t)^2. Betas that give
+    this abar at each index's mid-cell time make every SNR-based table (samplers, weightings,
+    SpeeD's thresholds) defined for flow matching by the same formulas as for DDPM.
+    Not yet a ``diffusion.process``: the flow loss and sampler come with it (issue 16).
+    """
+    t = flow_times(num_timesteps)
+    abar = (1.0 - t) ** 2 / ((1.0 - t) ** 2 + t**2)
+    return 1.0 - abar / np.append(1.0, abar[:-1])
+
+
 _BETAS = {"linear": linear_betas, "quad": quad_betas, "cosine": cosine_betas}
 
 
