@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from cli_harness import run_cli
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +59,27 @@ def test_fid_ref_writes_cache(tmp_path):
     path = Path(proc.stdout.strip().split("-> ")[1])
     assert path.is_file() and path.suffix == ".npz"
     assert "500 images" in proc.stdout  # smoke.yaml: eval.ref_images = 500
+
+
+@pytest.mark.parametrize("schedule", ["linear", "flow"])
+def test_timesteps_show_renders_every_sampler_and_weighting_on_both_processes(
+        capfd, tmp_path, monkeypatch, schedule):
+    from tsearch.timesteps import SAMPLERS, WEIGHTINGS
+
+    monkeypatch.chdir(tmp_path)
+    weightings = sorted(WEIGHTINGS)
+    for i, name in enumerate(sorted(SAMPLERS)):
+        weighting = weightings[i % len(weightings)]
+        out = tmp_path / f"{name}.png"
+        result = run_cli(capfd, "timesteps", "show", name, "--weighting", weighting,
+                         "--schedule", schedule, "-o", str(out))
+        assert result.code == 0, result.err
+        assert f"on {schedule} (T=1000)" in result.out and f"weighting {weighting}:" in result.out
+        assert Image.open(out).size[0] > 300
+        if name == "logit_normal":  # SD3's default centres on SNR = 1: t = 1/2 under flow
+            median = float(result.out.split("median t ")[1].split(",")[0])
+            assert (495 <= median <= 505) == (schedule == "flow"), median
+    for weighting in weightings[len(SAMPLERS):]:  # any weighting the loop above did not pair
+        result = run_cli(capfd, "timesteps", "show", "uniform", "--weighting", weighting,
+                         "--schedule", schedule, "-o", str(tmp_path / "w.png"))
+        assert result.code == 0, result.err

@@ -76,7 +76,7 @@ def test_resolved_round_trip(tmp_path):
     [
         ("train.total_kimg=-1", "train.total_kimg = -1"),
         ("train.batch_size=abc", "train.batch_size = 'abc'"),
-        ("diffusion.schedule=sigmoid", "'linear', 'quad' or 'cosine'"),
+        ("diffusion.schedule=sigmoid", "'linear', 'quad', 'cosine' or 'flow'"),
         ("train.bogus=1", "unknown key 'train.bogus'"),
         ("bogus.x=1", "unknown key 'bogus'"),
         ("data.resolution=10", "divisible by 4"),
@@ -217,3 +217,28 @@ def test_every_plugin_number_is_finite_and_bounded(kind, name, field, typ):
     raw = {"timesteps": {kind: {"name": name, "params": {field: value}}}}
     with pytest.raises(ConfigError, match=re.escape(f"timesteps.{kind}.params.{field} = ")):
         validate_config(raw)
+
+
+def test_flow_process_brings_its_schedule_prediction_and_sampler():
+    for sets in (["diffusion.process=flow"], ["diffusion.schedule=flow"]):
+        cfg = load_config(None, sets)
+        d = cfg.diffusion
+        assert (d.process, d.schedule, d.prediction, cfg.eval.method) == (
+            "flow", "flow", "v", "euler")
+        assert validate_config(cfg.to_dict()) == cfg  # the written-back config round-trips
+    heun = load_config(None, ["diffusion.process=flow", "eval.method=heun"])
+    assert heun.eval.method == "heun"
+    assert load_config(None, []).diffusion.process == "vp"
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["diffusion.process=flow", "diffusion.schedule=cosine"], "remove diffusion.schedule"),
+    (["diffusion.process=flow", "diffusion.prediction=eps"], "trains the velocity"),
+    (["diffusion.process=vp", "diffusion.schedule=flow"], "set diffusion.process: flow"),
+    (["diffusion.process=flow", "eval.method=ddim"], "generates with euler or heun"),
+    (["eval.method=heun"], "integrates the flow-matching ODE"),
+])
+def test_contradictory_flow_settings_are_refused_in_one_line(sets, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, sets)
+    assert "\n" not in str(info.value)

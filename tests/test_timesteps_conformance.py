@@ -1,6 +1,7 @@
 """Conformance suite every registered TimestepSampler joins (Optuna's pytest_samplers idea).
 
-Each test is parametrized over every name in ``SAMPLERS`` and over two parameter variants:
+Each test is parametrized over every name in ``SAMPLERS``, both processes (vp on the linear
+schedule, flow matching) and two parameter variants:
 ``default`` (``Params()`` on linear T = 1000) and ``exercised`` (small T and small histories or
 probe intervals, so that warm-ups end and state-changing paths run within a few steps). A sampler
 without an ``EXERCISED`` entry runs the default variant only.
@@ -45,17 +46,24 @@ EXERCISED: dict[str, tuple[int, dict]] = {
 Factory = Callable[..., TimestepSampler]
 
 
+@pytest.fixture(params=["vp", "flow"])
+def process(request) -> str:
+    return request.param
+
+
 @pytest.fixture(params=["default", "exercised"])
-def make(request, name: str) -> Factory:
-    """A builder ``make(seed)`` of the sampler under test, constructed as the registry does."""
+def make(request, name: str, process: str) -> Factory:
+    """A builder ``make(seed)`` of the sampler under test, constructed as the registry does,
+    on the linear schedule (vp) or flow matching's noise levels (flow)."""
     cls = SAMPLERS[name]
+    table = "flow" if process == "flow" else "linear"
     if request.param == "default":
-        schedule, params = NoiseSchedule.create("linear"), cls.Params()
+        schedule, params = NoiseSchedule.create(table), cls.Params()
     else:
         if name not in EXERCISED:
             pytest.skip(f"no exercised params for {name!r}")
         num_timesteps, overrides = EXERCISED[name]
-        schedule = NoiseSchedule.create("linear", num_timesteps=num_timesteps)
+        schedule = NoiseSchedule.create(table, num_timesteps=num_timesteps)
         params = cls.Params(**overrides)
 
     def build(seed: int = 0) -> TimestepSampler:

@@ -1,4 +1,5 @@
-"""Every new sampler and weighting trains 20 real steps of experiments/smoke.yaml."""
+"""Every sampler and weighting trains 20 real steps of experiments/smoke.yaml, on both
+processes (vp on the linear schedule, and flow matching)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from tsearch.config import load_config
 from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps import Draw, StepContext
+from tsearch.timesteps import SAMPLERS, WEIGHTINGS, Draw, StepContext
 from tsearch.timesteps.importance import LossSecondMomentSampler
 from tsearch.timesteps.weighting import VLBWeighting
 from tsearch.tracker import NullTracker
@@ -40,10 +41,16 @@ def run(tmp_path: Path, *overrides: str):
     return tracker
 
 
-@pytest.mark.parametrize("name", ["lsm", "gradvar", "lognormal", "speed", "curriculum"])
-def test_sampler_trains(tmp_path, name):
-    extra = ["timesteps.sampler.params.probe_every=5"] if name == "gradvar" else []
-    tracker = run(tmp_path, f"timesteps.sampler.name={name}", *extra)
+PROCESS = {"vp": [], "flow": ["diffusion.schedule=flow"]}  # smoke.yaml's linear, or flow
+
+
+@pytest.mark.parametrize("process", sorted(PROCESS))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_sampler_trains(tmp_path, name, process):
+    extra = {"gradvar": ["timesteps.sampler.params.probe_every=5"],
+             "adaptive": ["timesteps.sampler.params.update_every=5",
+                          "timesteps.sampler.params.scan_stride=50"]}.get(name, [])
+    tracker = run(tmp_path, f"timesteps.sampler.name={name}", *extra, *PROCESS[process])
     if name == "gradvar":
         forwards = [v for _, v in tracker.history["compute/probe_forwards"]]
         assert forwards[-1] > 0
@@ -51,9 +58,15 @@ def test_sampler_trains(tmp_path, name):
         assert tracker.history["sampler/bins_measured"][-1][1] == 1.0
 
 
-@pytest.mark.parametrize("name", ["vlb", "p2", "min_snr", "speed"])
-def test_weighting_trains(tmp_path, name):
-    run(tmp_path, f"timesteps.weighting.name={name}")
+    if name == "adaptive":  # its look-ahead probes ran: the flow-matching or VLB reward
+        assert tracker.history["compute/probe_forwards"][-1][1] > 0
+        assert all(math.isfinite(v) for _, v in tracker.history["sampler/reward"])
+
+
+@pytest.mark.parametrize("process", sorted(PROCESS))
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_weighting_trains(tmp_path, name, process):
+    run(tmp_path, f"timesteps.weighting.name={name}", *PROCESS[process])
 
 
 def test_lsm_with_vlb_learns_from_the_weighted_loss(tmp_path):

@@ -109,10 +109,40 @@ class ModelConfig(_Section):
 
 
 class DiffusionConfig(_Section):
-    schedule: Literal["linear", "quad", "cosine"] = "linear"
+    # vp: DDPM's variance-preserving process; flow: rectified flow, x_t = (1 - t) x0 + t eps,
+    # velocity target (its schedule is "flow" and its prediction "v": set by default).
+    process: Literal["vp", "flow"] = "vp"
+    schedule: Literal["linear", "quad", "cosine", "flow"] = "linear"
     num_timesteps: int = Field(1000, ge=2, le=100_000)
     prediction: Literal["eps", "v", "x0"] = "eps"  # what the network outputs
     variance: Literal["fixed_large", "fixed_small"] = "fixed_large"  # for VLB terms and DDPM
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_defaults(cls, data: Any) -> Any:
+        """process: flow brings its own schedule and the velocity target unless they are given;
+        a given one that contradicts it is refused, never silently replaced."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        process, schedule = data.get("process"), data.get("schedule")
+        if process is None and schedule == "flow":
+            data["process"] = process = "flow"
+        if process == "flow":
+            if schedule not in (None, "flow"):
+                raise ValueError(
+                    f"diffusion.process = flow has its own noise levels (SNR = ((1-t)/t)^2), "
+                    f"but diffusion.schedule = {schedule}: remove diffusion.schedule or set it "
+                    "to flow")
+            if data.get("prediction") not in (None, "v"):
+                raise ValueError(
+                    f"diffusion.process = flow trains the velocity eps - x0, but "
+                    f"diffusion.prediction = {data['prediction']}: remove it or set it to v")
+            data.update(schedule="flow", prediction="v")
+        elif schedule == "flow":
+            raise ValueError("diffusion.schedule = flow is the flow-matching process's: set "
+                             "diffusion.process: flow, or choose linear, quad or cosine")
+        return data
 
 
 # kind ("sampler", "weighting") -> parser(name, raw params) -> the plugin's typed Params model,
@@ -250,7 +280,8 @@ class EvalConfig(_Section):
     rung_steps: int | None = Field(None, ge=1, le=100_000)
     ref_images: int | None = Field(None, ge=2, le=MAX_IMAGES)  # null: the whole split
     ref_split: Literal["train", "test"] = "train"
-    method: Literal["ddim", "ddpm"] = "ddim"
+    # vp: ddim or ddpm; flow: euler or heun (the flow default when method is not given).
+    method: Literal["ddim", "ddpm", "euler", "heun"] = "ddim"
     steps: int = Field(50, ge=1, le=100_000)  # generation steps (DDIM: a subsequence of T)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # DDIM stochasticity
     batch_size: int = Field(500, ge=1, le=65536)
@@ -383,6 +414,15 @@ class Config(_Section):
                 f"data.root is required for data.name={self.data.name!r}: give the local "
                 "directory holding the files (nothing is downloaded)"
             )
+        flow = self.diffusion.process == "flow"
+        if flow and self.eval.method in ("ddim", "ddpm"):
+            if "method" in self.eval.model_fields_set:
+                raise ValueError(f"eval.method = {self.eval.method} samples the vp process; "
+                                 "diffusion.process = flow generates with euler or heun")
+            object.__setattr__(self, "eval", self.eval.model_copy(update={"method": "euler"}))
+        if not flow and self.eval.method in ("euler", "heun"):
+            raise ValueError(f"eval.method = {self.eval.method} integrates the flow-matching ODE; "
+                             "set diffusion.process: flow, or use ddim or ddpm")
         for key in ("steps", "rung_steps"):
             steps = getattr(self.eval, key)
             if self.eval.method == "ddim" and steps is not None \

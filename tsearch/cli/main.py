@@ -589,9 +589,14 @@ def timesteps_show(
         Optional[list[str]],  # noqa: UP045
         typer.Option("--wset", help="Weighting hyperparameter: --wset lam=0.6 (repeatable)."),
     ] = None,
-    schedule: Annotated[str, typer.Option(help="linear | quad | cosine")] = "linear",
+    schedule: Annotated[str, typer.Option(help="linear | quad | cosine | flow (flow "
+                                          "matching's noise levels)")] = "linear",
     num_timesteps: Annotated[int, typer.Option("--num-timesteps", "-T")] = 1000,
-    prediction: Annotated[str, typer.Option(help="eps | v | x0 (Min-SNR depends on it)")] = "eps",
+    prediction: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="eps | v | x0 (Min-SNR and Debias depend on it); default eps, and "
+                     "v (the velocity) for flow"),
+    ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="PNG path (default: tsearch-runs/show-NAME.png)"),
@@ -608,6 +613,7 @@ def timesteps_show(
     _check_output_file(path, (".png",), "the plot is a PNG")
     # Generation steps play no part here, but the config refuses more of them than T.
     eval_steps = min(EvalConfig.model_fields["steps"].default, num_timesteps)
+    prediction = prediction or ("v" if schedule == "flow" else "eps")
     sets = [f"timesteps.sampler.name={name}", f"timesteps.weighting.name={weighting}",
             f"diffusion.schedule={schedule}", f"diffusion.num_timesteps={num_timesteps}",
             f"diffusion.prediction={prediction}", f"eval.steps={max(eval_steps, 1)}"]

@@ -1,4 +1,4 @@
-"""Image generation (DDIM / respaced DDPM) with per-image seeds.
+"""Image generation (DDIM / respaced DDPM; Euler / Heun for flow matching) with per-image seeds.
 
 Every image i is generated from its own generator seeded with ``seed + i`` (EDM's
 ``StackedRandomGenerator`` idea), so two trials, or a trial before and after a resume, are judged
@@ -55,9 +55,17 @@ def generate_images(
     ``method="ddim"``: DDIM (Song et al. 2021) with stochasticity ``eta``; ``"ddpm"``: ancestral
     sampling on the respaced steps with the schedule's fixed variance (improved-diffusion
     ``respace``). x0 predictions are clipped to [-1, 1] and eps is recomputed from the clipped x0,
-    as improved-diffusion's ``ddim_sample`` does.
+    as improved-diffusion's ``ddim_sample`` does. For the flow process, ``method`` is "euler" or
+    "heun": the probability-flow ODE dx/ds = v(x, s) from s = 1 to 0 in ``steps`` equal steps
+    (Heun: a second-order correction on every step but the last, 2 * steps - 1 evaluations).
     """
     device = torch.device(device)
+    if schedule.process == "flow":
+        return _generate_flow(model, schedule, num_images, image_shape, method=method,
+                              steps=steps, seed=seed, batch_size=batch_size, device=device,
+                              autocast_dtype=autocast_dtype, progress=progress)
+    if method not in ("ddim", "ddpm"):
+        raise ValueError(f"method {method!r} is not a vp sampler; ddim or ddpm")
     seq = timestep_subsequence(schedule.num_timesteps, steps)
     ab_all = schedule.alphas_cumprod
     stochastic = method == "ddpm" or eta > 0
@@ -95,6 +103,56 @@ def generate_images(
                     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
                     mean = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
                 x = mean + sigma * noise[:, 1 + k] if stochastic and i > 0 else mean
+            images.append(x.clamp(-1.0, 1.0).float().cpu())
+            if progress is not None:
+                progress(n)
+    finally:
+        model.train(was_training)
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def _generate_flow(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    num_images: int,
+    image_shape: tuple[int, int, int],
+    *,
+    method: str,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    progress: Callable[[int], None] | None,
+) -> torch.Tensor:
+    """Euler or Heun on x_s = (1 - s) x0 + s eps, from the same per-image latents as DDIM."""
+    if method not in ("euler", "heun"):
+        raise ValueError(f"method {method!r} is not a flow sampler; euler or heun")
+    T = schedule.num_timesteps
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+
+    def velocity(x: torch.Tensor, s: float) -> torch.Tensor:
+        # The network was trained on s * T (diffusion/loss.py): the same scale here.
+        time = torch.full((x.shape[0],), s * T, device=device, dtype=torch.float32)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            return model(x, time).float()
+
+    was_training = model.training
+    model.eval()
+    images = []
+    try:
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            x = per_image_noise(n, image_shape, seed + start)[:, 0].to(device)
+            for s_now, s_next in zip(grid[:-1], grid[1:], strict=True):
+                v = velocity(x, s_now)
+                x_next = x + (s_next - s_now) * v
+                if method == "heun" and s_next > 0.0:
+                    v_next = velocity(x_next, s_next)
+                    x_next = x + (s_next - s_now) * 0.5 * (v + v_next)
+                x = x_next
             images.append(x.clamp(-1.0, 1.0).float().cpu())
             if progress is not None:
                 progress(n)

@@ -19,6 +19,18 @@ def _gather(schedule: NoiseSchedule, name: str, t: torch.Tensor, ndim: int) -> t
     return values.view(-1, *([1] * (ndim - 1)))
 
 
+def flow_time(schedule: NoiseSchedule, t: torch.Tensor,
+              offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Rectified-flow time in (0, 1) of index t: (t + offset) / T, offset in [0, 1) (0.5: mid-cell).
+
+    Training draws the offset uniformly so the network sees every t in the index's cell
+    (ALGORITHMS.md 6.6); probes and generation use fixed times.
+    """
+    u = 0.5 if offset is None else offset
+    return (t.float() + u) / schedule.num_timesteps
+
+
+
 def q_sample(
     schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
@@ -78,11 +90,21 @@ def per_sample_mse(
     t: torch.Tensor,
     noise: torch.Tensor,
     prediction: str = "eps",
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the network output and its target, one value per sample [n].
 
-    For eps-prediction this is the 'simple' DDPM loss ||eps - eps_theta(x_t, t)||^2 / D.
+    For eps-prediction this is the 'simple' DDPM loss ||eps - eps_theta(x_t, t)||^2 / D. For the
+    flow process it is the flow-matching loss ||v_theta(x_s, s) - (eps - x0)||^2 / D at
+    x_s = (1 - s) x0 + s eps, s = :func:`flow_time` (``offset`` places s in the cell; None: its
+    middle); ``prediction`` is then always the velocity.
     """
+    if schedule.process == "flow":
+        s = flow_time(schedule, t, offset).view(-1, *([1] * (x0.ndim - 1)))
+        x_s = (1.0 - s) * x0 + s * noise
+        # Conditioned on s * T: the range of the VP process's index, for the same embedding.
+        out = model(x_s, s.flatten() * schedule.num_timesteps)
+        return mean_flat((out.float() - (noise - x0)) ** 2)
     x_t = q_sample(schedule, x0, t, noise)
     out = model(x_t, t)
     target = prediction_target(schedule, x0, t, noise, prediction)
@@ -104,6 +126,9 @@ def per_sample_vlb_bpd(
     (``NoiseSchedule.model_variance``), so const_0 = 0 and c_0 = beta_0 / (2 beta~_1 alpha_0):
     the ATS reference's ``compute_kl_divergence`` value at every t, fixed-large or fixed-small.
     """
+    if schedule.process == "flow":
+        raise ValueError("the VLB term is defined for the vp process; flow matching's look-ahead "
+                         "loss is per_sample_mse (the flow-matching loss)")
     x_t = q_sample(schedule, x0, t, noise)
     eps_hat = predict_eps(schedule, x_t, t, model(x_t, t).float(), prediction)
     eps_mse = mean_flat((eps_hat - noise) ** 2)

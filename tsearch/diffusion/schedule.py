@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SCHEDULES = ("linear", "quad", "cosine")
+SCHEDULES = ("linear", "quad", "cosine", "flow")
+PROCESSES = ("vp", "flow")
 
 
 def linear_betas(num_timesteps: int) -> np.ndarray:
@@ -60,15 +61,16 @@ def flow_betas(num_timesteps: int) -> np.ndarray:
     x_t = (1 - t) x0 + t eps divided by sqrt((1 - t)^2 + t^2) is sqrt(abar) x0 + sqrt(1 - abar)
     eps with abar = (1 - t)^2 / ((1 - t)^2 + t^2), i.e. SNR = ((1 - t) / t)^2. Betas that give
     this abar at each index's mid-cell time make every SNR-based table (samplers, weightings,
-    SpeeD's thresholds) defined for flow matching by the same formulas as for DDPM.
-    Not yet a ``diffusion.process``: the flow loss and sampler come with it (issue 16).
+    SpeeD's thresholds) defined for flow matching by the same formulas as for DDPM; the flow
+    loss and its sampler (``diffusion/loss.py``, ``diffusion/generate.py``) use t itself.
     """
     t = flow_times(num_timesteps)
     abar = (1.0 - t) ** 2 / ((1.0 - t) ** 2 + t**2)
     return 1.0 - abar / np.append(1.0, abar[:-1])
 
 
-_BETAS = {"linear": linear_betas, "quad": quad_betas, "cosine": cosine_betas}
+_BETAS = {"linear": linear_betas, "quad": quad_betas, "cosine": cosine_betas,
+          "flow": flow_betas}
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,15 @@ class NoiseSchedule:
     """All per-timestep tables of one schedule, as float64 numpy arrays of length T.
 
     Built with :meth:`NoiseSchedule.create`; use :meth:`tensor` to move a table to a device.
+    ``process`` is "vp" (DDPM: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps) or "flow" (rectified
+    flow: x_t = (1 - t) x0 + t eps, index i the cell [i/T, (i+1)/T) of t); the "flow" schedule's
+    tables are those of the VP process it equals up to scale (:func:`flow_betas`).
     """
 
     name: str
     betas: np.ndarray
     variance: str = "fixed_large"
+    process: str = "vp"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -91,7 +97,9 @@ class NoiseSchedule:
             raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
         if variance not in ("fixed_large", "fixed_small"):
             raise ValueError(f"unknown variance {variance!r}; fixed_large or fixed_small")
-        return cls(name=name, betas=_BETAS[name](num_timesteps), variance=variance)
+        process = "flow" if name == "flow" else "vp"
+        return cls(name=name, betas=_BETAS[name](num_timesteps), variance=variance,
+                   process=process)
 
     # --- basic tables -----------------------------------------------------------------------
     @property
@@ -126,6 +134,11 @@ class NoiseSchedule:
     def sigma(self) -> np.ndarray:
         """EDM-style noise level sigma_t = sqrt((1 - abar_t) / abar_t) = SNR^(-1/2)."""
         return 1.0 / np.sqrt(self.snr)
+
+    @property
+    def flow_time(self) -> np.ndarray:
+        """Rectified-flow t at each index's cell middle (only meaningful for process "flow")."""
+        return flow_times(self.num_timesteps)
 
     # --- posterior and VLB ------------------------------------------------------------------
     @property

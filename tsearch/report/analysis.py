@@ -30,7 +30,7 @@ from tsearch.errors import ConfigError, TsearchError
 from tsearch.report.curves import INTERPOLATION, _mean_std, compute_at, evaluations, kimg_to_target
 from tsearch.tracking.queries import TrialRecord
 
-SCHEDULE_ORDER = ("linear", "cosine", "quad")
+SCHEDULE_ORDER = ("linear", "cosine", "quad", "flow")  # flow: the flow-matching process
 LABEL_KEY = "method"
 SCHEDULE_KEY = "diffusion.schedule"
 MISSING = "–"

@@ -203,8 +203,12 @@ def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
 
     # Per-sample losses, fed unweighted to the sampler (ctx.weighting gives it w(t)).
     noise = torch.randn(x0.shape, generator=st.noise_gen, device=device)
+    # Flow matching trains on every time in the drawn index's cell (ALGORITHMS.md 6.6).
+    offset = (torch.rand(t.shape, generator=st.noise_gen, device=device)
+              if st.schedule.process == "flow" else None)
     with st.autocast():
-        losses = per_sample_mse(st.model, st.schedule, x0, t, noise, cfg.diffusion.prediction)
+        losses = per_sample_mse(st.model, st.schedule, x0, t, noise, cfg.diffusion.prediction,
+                                offset=offset)
     st.sampler.observe(draw, losses.detach(), ctx)
 
     # Weighted objective, backward, optimizer step.

@@ -36,7 +36,11 @@ class ProbeRunner:
         return torch.randn(like.shape, generator=self.generator, device=like.device)
 
     def _loss_fn(self, spec: ProbeSpec):
-        return per_sample_vlb_bpd if spec.loss == "vlb" else per_sample_mse
+        # Flow matching has no VLB term per step: its look-ahead loss is the flow-matching loss
+        # at the cell's middle time (ALGORITHMS.md 6.6, README "Flow matching").
+        if spec.loss == "vlb" and self.schedule.process != "flow":
+            return per_sample_vlb_bpd
+        return per_sample_mse
 
     @torch.no_grad()
     def losses(self, spec: ProbeSpec, x0: torch.Tensor, t: torch.Tensor,
