@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 import subprocess
 import sys
@@ -209,8 +210,11 @@ def test_search_where_no_trial_evaluates_exits_non_zero(tmp_path):
 
 @pytest.mark.slow
 def test_grid_search_runs_exactly_its_cells(tmp_path):
+    # A bundle can switch the process: flow matching's four settings are given together.
     space = ("search.space={method: {bundle: {u+w: {timesteps.sampler.name: uniform}, "
-             "s: {timesteps.sampler.name: speed, timesteps.weighting.name: speed}}}, "
+             "s: {timesteps.sampler.name: speed, timesteps.weighting.name: speed}, "
+             "f: {timesteps.sampler.name: mode, diffusion.process: flow, diffusion.schedule: flow, "
+             "diffusion.prediction: v, eval.method: euler}}}, "
              "train.seed: {choice: [5, 6]}}")
     proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.algorithm=grid",
                    "--set", space, "--set", "search.points_to_evaluate=[]",
@@ -221,13 +225,20 @@ def test_grid_search_runs_exactly_its_cells(tmp_path):
     cells = sorted((r["method"], r["timesteps.sampler.name"], r["timesteps.weighting.name"],
                     r["train.seed"]) for r in rows)
     assert re.search(r"u\+w\s+kimg\s+0\.2", proc.stderr)  # progress names the bundle
-    assert cells == [("s", "speed", "speed", "5"), ("s", "speed", "speed", "6"),
+    assert cells == [("f", "mode", "", "5"), ("f", "mode", "", "6"),
+                     ("s", "speed", "speed", "5"), ("s", "speed", "speed", "6"),
                      ("u+w", "uniform", "", "5"), ("u+w", "uniform", "", "6")]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     kids = children(client, parent_of(client, "grid").info.run_id)
     used = sorted((k.data.params["config.timesteps.sampler.name"],
+                   k.data.params["config.diffusion.process"], k.data.params["config.eval.method"],
                    k.data.params["config.train.seed"]) for k in kids)
-    assert used == [("speed", "5"), ("speed", "6"), ("uniform", "5"), ("uniform", "6")]
+    assert used == [("mode", "flow", "euler", "5"), ("mode", "flow", "euler", "6"),
+                    ("speed", "vp", "ddim", "5"), ("speed", "vp", "ddim", "6"),
+                    ("uniform", "vp", "ddim", "5"), ("uniform", "vp", "ddim", "6")]
+    for kid in kids:  # every trial, flow matching's too, was evaluated at its end
+        fids = client.get_metric_history(kid.info.run_id, "eval/fid")
+        assert fids and all(math.isfinite(m.value) for m in fids)
 
 
 @pytest.mark.slow
@@ -263,6 +274,9 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
     ("quickstart", 12, "timesteps.sampler.name: choice"),
     ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
     ("replicate-adaptive", 33, "adaptive+bonus: timesteps.sampler.name=adaptive"),
+    ("replicate-modern", 15, "uniform+uncertainty: timesteps.sampler.name=uniform"),
+    ("replicate-flow", 21, "mode: timesteps.sampler.name=mode"),
+    ("quickstart-flow", 12, "timesteps.sampler.name: choice"),
 ])
 def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials, needle):
     proc = tsearch("search", str(ROOT / "experiments" / f"{name}.yaml"), "--dry-run",
@@ -270,6 +284,9 @@ def test_shipped_search_configs_pass_dry_run(tmp_path, name, trials, needle):
     assert proc.returncode == 0, proc.stderr
     assert f"# search '{name}': {trials} trials" in proc.stdout
     assert needle in proc.stdout
+    flow = name.endswith("-flow")  # flow matching, with the flow sampler, in every trial
+    assert ("  process: flow" in proc.stdout) == flow
+    assert ("  method: euler" in proc.stdout) == flow
 
 
 def test_replication_grid_has_every_cell_once(tmp_path):
