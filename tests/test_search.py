@@ -274,7 +274,7 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
     ("quickstart", 12, "timesteps.sampler.name: choice"),
     ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
     ("replicate-adaptive", 33, "adaptive+bonus: timesteps.sampler.name=adaptive"),
-    ("replicate-modern", 15, "uniform+uncertainty: timesteps.sampler.name=uniform"),
+    ("replicate-modern", 18, "uniform+uncertainty: timesteps.sampler.name=uniform"),
     ("replicate-flow", 21, "mode: timesteps.sampler.name=mode"),
     ("quickstart-flow", 12, "timesteps.sampler.name: choice"),
 ])
