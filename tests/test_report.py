@@ -152,6 +152,20 @@ def test_mean_curve_speedup_with_probe_compute_charged():
     assert a.target.ratio_compute == pytest.approx(4.0 * 3000 / (2.0 * 4000))
 
 
+def test_same_method_on_another_schedule_is_another_row():
+    # Two searches merged into one report (e.g. a vp and a flow replication) whose schedule is
+    # fixed by their configs, not searched: same labels, different blocks.
+    records = [record(f"{s}{seed}", [90.0 - seed, 50.0], method="laplace", seed=seed,
+                      schedule="linear", sampler="laplace") for s in "ab" for seed in (1, 2)]
+    for r in records[2:]:
+        r.config["diffusion.schedule"] = "flow"
+    assert all("diffusion.schedule" not in r.values for r in records)
+    rep = build(records, baseline="laplace")
+    assert [b.schedule for b in rep.blocks] == ["linear", "flow"]
+    assert [[(row.label, row.n) for row in b.rows] for b in rep.blocks] == [
+        [("laplace", 2)], [("laplace", 2)]]
+
+
 def test_without_seed_key_every_trial_is_its_own_cell():
     records = [record("t0", [90.0, 50.0], method=None, seed=None, extra={"optim.lr": 0.002}),
                record("t1", [80.0, 45.0], method=None, seed=None, extra={"optim.lr": 0.001}),

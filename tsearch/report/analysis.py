@@ -123,13 +123,15 @@ def group_cells(records: Sequence[TrialRecord], seed_key: str = "train.seed"
                 ) -> list[tuple[dict[str, Any], list[TrialRecord]]]:
     """Trials grouped by their searched values minus ``seed_key``, in order of first trial.
 
-    A trial whose values lack ``seed_key`` is a cell of its own (n = 1).
+    A trial whose values lack ``seed_key`` is a cell of its own (n = 1). Trials on different
+    noise schedules never share a cell, searched or not: searches of two processes with the
+    same method labels are merged into one report.
     """
     cells: dict[str, tuple[dict[str, Any], list[TrialRecord]]] = {}
     for record in records:
         if seed_key in record.values:
             values = {k: v for k, v in record.values.items() if k != seed_key}
-            key = _key(values)
+            key = f"{_schedule(record)}|{_key(values)}"
         else:
             values, key = dict(record.values), f"trial:{record.run_id}"
         cells.setdefault(key, (values, []))[1].append(record)
