@@ -107,7 +107,8 @@ def table_markdown(table: Table) -> str:
 
 def table_html(table: Table) -> str:
     def cell(tag: str, text: str, align: str, bold: bool = False) -> str:
-        body = html.escape(text)
+        # A narrow column wraps "mean ±" / "std" otherwise; keep the std with its sign.
+        body = html.escape(text).replace(" ± ", " ±&nbsp;")
         return f'<{tag} class="{align}">' + (f"<b>{body}</b>" if bold else body) + f"</{tag}>"
 
     head = "".join(cell("th", h, a) for h, a in zip(table.header, table.align, strict=True))
