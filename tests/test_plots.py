@@ -70,3 +70,10 @@ def test_plotting_in_a_loop_keeps_no_figures(tmp_path: Path) -> None:
         plot_fid_curve({"a": ([1.0, 2.0], [10.0, 5.0])}, tmp_path / f"{i}.png")
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Figure)]
+
+
+def test_up_to_30_lines_are_drawn_alike_by_none() -> None:
+    from tsearch.plots import _series_style
+
+    styles = [tuple(sorted(_series_style(i).items())) for i in range(30)]
+    assert len(set(styles)) == 30  # the replication report has 14 rows in one block

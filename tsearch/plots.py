@@ -20,6 +20,16 @@ DPI = 100
 UNIFORM_LABEL = "p(t) x T (1 = uniform)"
 
 
+
+_STYLES = (("-", "o"), ("--", "s"), (":", "^"))
+
+
+def _series_style(i: int) -> dict:
+    """Colour, line and marker of the i-th line: matplotlib's 10 colours repeat, so every 10
+    lines change the dash and marker (a 14-method report must not draw two methods alike)."""
+    dash, marker = _STYLES[(i // 10) % len(_STYLES)]
+    return {"color": f"C{i % 10}", "linestyle": dash, "marker": marker}
+
 def _new_figure(width: float = 8.0, height: float = 5.0) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -53,13 +63,13 @@ def plot_fid_curve(
     fig = _new_figure()
     ax = fig.add_subplot()
     all_fids: list[np.ndarray] = []
-    for label, (kimgs, fids) in series.items():
+    for i, (label, (kimgs, fids)) in enumerate(series.items()):
         x = np.asarray(kimgs, dtype=np.float64)
         y = np.asarray(fids, dtype=np.float64)
         if x.shape != y.shape:
             raise ValueError(f"series {label!r}: {x.size} kimg values but {y.size} FID values")
         order = np.argsort(x, kind="stable")
-        ax.plot(x[order], y[order], marker="o", markersize=4, label=str(label))
+        ax.plot(x[order], y[order], markersize=4, label=str(label), **_series_style(i))
         all_fids.append(y)
     _finish_fid_axes(ax, all_fids, len(series), "FID (lower is better)", title)
     return _save(fig, path)
@@ -183,10 +193,11 @@ def plot_timestep_profiles(
     rows = {label: np.asarray(p, dtype=np.float64).reshape(-1) for label, p in profiles.items()}
     same_t = len({p.size for p in rows.values()}) <= 1
     scaled_all: list[np.ndarray] = []
-    for label, p in rows.items():
+    for i, (label, p) in enumerate(rows.items()):
         x = np.arange(p.size) if same_t else (np.arange(p.size) + 0.5) / p.size
         scaled = p * p.size
-        ax.plot(x, scaled, label=str(label))
+        style = {**_series_style(i), "marker": None}
+        ax.plot(x, scaled, label=str(label), **style)
         scaled_all.append(scaled)
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uniform")
     if scaled_all and _wide_range(np.concatenate(scaled_all)):
@@ -241,7 +252,7 @@ def plot_fid_bands(
     fig = _new_figure()
     ax = fig.add_subplot()
     all_fids: list[np.ndarray] = []
-    for label, (kimgs, means, stds) in series.items():
+    for i, (label, (kimgs, means, stds)) in enumerate(series.items()):
         x = np.asarray(kimgs, dtype=np.float64)
         y = np.asarray(means, dtype=np.float64)
         s = np.asarray(stds, dtype=np.float64)
@@ -250,7 +261,7 @@ def plot_fid_bands(
                              f"{s.size} stds")
         order = np.argsort(x, kind="stable")
         x, y, s = x[order], y[order], s[order]
-        (line,) = ax.plot(x, y, marker="o", markersize=4, label=str(label))
+        (line,) = ax.plot(x, y, markersize=4, label=str(label), **_series_style(i))
         band = np.isfinite(s)
         if band.any():
             ax.fill_between(x, y - np.where(band, s, 0), y + np.where(band, s, 0), where=band,
