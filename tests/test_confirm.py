@@ -233,13 +233,14 @@ def confirmed_search(tmp_path_factory):
 
 def _runs(db: Path) -> list[dict]:
     with sqlite3.connect(db) as con:
-        rows = con.execute("select run_uuid, status from runs").fetchall()
+        rows = con.execute("select run_uuid, status, name from runs").fetchall()
         out = []
-        for run_id, status in rows:
+        for run_id, status, name in rows:
             tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)))
             params = dict(con.execute("select key, value from params where run_uuid=?",
                                       (run_id,)))
-            out.append({"id": run_id, "status": status, "tags": tags, "params": params})
+            out.append({"id": run_id, "status": status, "tags": tags, "params": params,
+                        "name": name})
     return out
 
 
@@ -311,7 +312,17 @@ def test_confirmation_seeds_are_fresh_and_each_run_once_after_the_kill(confirmed
     assert len({m for m, _ in cells}) == 3  # the baseline (lr 2e-3) is one of them
     assert all(r["status"] == "FINISHED" for r in confirm)
     parent = next(r for r in runs if r["tags"].get(names.TAG_KIND) == names.KIND_SEARCH)
-    assert "0.0025" in parent["tags"][names.TAG_CONFIRMED]
+    assert parent["tags"][names.TAG_CONFIRMED] == "uniform lr=2.5e-3"
+    # MLflow reads like the search: trial runs named by their values, the ranking on the parent.
+    assert sorted(r["name"] for r in search) == ["uniform lr=1.5e-3", "uniform lr=2.5e-3",
+                                                 "uniform lr=2e-3"]
+    assert all(r["name"] == f"{r['params']['trial.method']} seed={r['params']['trial.train.seed']}"
+               for r in confirm)
+    assert {r["tags"][names.TAG_END_REASON] for r in trials} == {names.END_FINISHED}
+    note = parent["tags"][names.TAG_NOTE]
+    assert "### search confirmed: best trials (3 run)" in note
+    assert "### confirmed ranking: final FID over fresh seeds 101, 102" in note
+    assert "| 1 | uniform lr=2.5e-3 |" in note and "**confirmed winner: uniform lr=2.5e-3" in note
     with sqlite3.connect(k["work"] / "mlflow.db") as con:
         metrics = dict(con.execute("select key, value from metrics where run_uuid=?",
                                    (parent["id"],)).fetchall())

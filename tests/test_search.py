@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import subprocess
@@ -128,6 +129,24 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
     for kid in kids:  # FID recorded at every rung the trial reached
         assert client.get_metric_history(kid.info.run_id, "eval/fid")
 
+    # MLflow reads like a search: the UI opens on training runs, named by method and values,
+    # the values are columns of their own, each run says why it ended, the parent its summary.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert sorted(k.info.run_name for k in kids) == ["speed k=5 lr=2e-3", "uniform lr=2e-3",
+                                                     "uniform lr=3e-4"]
+    for kid in kids:
+        params = kid.data.params
+        assert params["lr"] == params["trial.optim.lr"]
+        assert params.get("k") == params.get("trial.timesteps.sampler.params.k")
+        assert params["sampler"] == params["trial.timesteps.sampler.name"]
+        kimg = kid.data.metrics["progress/kimg"]
+        assert kid.data.tags["tsearch.end_reason"] == (
+            "finished" if kimg >= 0.4 else "stopped by ASHA at rung 0.2 kimg"), (kimg, kid)
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("### search smoke: best trials (3 run)\n\n| trial | status |")
+    assert all(f"| {r['trial_id']} | " in note for r in rows)
+
     best = tmp_path / "best.yaml"
     proc = tsearch("export", "best", "--search", "smoke", "-o", str(best),
                    "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
@@ -140,16 +159,54 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "done:" in proc.stderr
 
-    proc = tsearch("runs", "list", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                   cwd=tmp_path)
-    assert proc.returncode == 0 and "smoke" in proc.stdout
-    proc = tsearch("runs", "show", "smoke", "--tracking-uri",
-                   f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout.count(" FID ") >= 3
+    store = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    ended = {"finished": 0, "stopped": 0}
+    for kid in kids:
+        ended[kid.data.tags["tsearch.end_reason"].split()[0]] += 1
+    proc = tsearch("runs", "list", *store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("smoke "))
+    assert re.search(rf"FINISHED +search +3 +{ended['finished']} finished, {ended['stopped']} "
+                     r"stopped +\d+\.\d\d$", line), proc.stdout
+    proc = tsearch("runs", "list", *store, "--json", cwd=tmp_path)
+    listed = json.loads(proc.stdout)
+    assert [(s["name"], s["phase"], s["trial_counts"], s["ended"]) for s in listed] == [
+        ("smoke", "search", {"search": 3}, ended)]
+    proc = tsearch("runs", "show", "smoke", *store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for kid in kids:  # one line per trial: phase, status, why it ended, values
+        line = next(x for x in proc.stdout.splitlines() if kid.info.run_id in x)
+        assert re.search(rf"search +FINISHED +{kid.data.tags['tsearch.end_reason']} ", line)
+        assert line.endswith(kid.info.run_name)
     # Each trial's wall time split (perf/*, logged at its evaluations): "eval  NN% other  NN%".
     shares = re.findall(r"eval +(\d+)% other +(\d+)%", proc.stdout)
-    assert len(shares) == proc.stdout.count(" FID ") - 1, proc.stdout  # not the search line
+    assert len(shares) == 3, proc.stdout
     assert all(0 < int(e) + int(o) < 100 for e, o in shares), shares
+
+    # --json: the same, as the store holds it.
+    proc = tsearch("runs", "show", "smoke", *store, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert (shown["name"], shown["run_id"], shown["status"], shown["phase"]) == (
+        "smoke", parent.info.run_id, "FINISHED", "search")
+    assert shown["best_fid"] == pytest.approx(parent.data.metrics["search/best_fid"])
+    by_id = {t["run_id"]: t for t in shown["trials"]}
+    assert set(by_id) == {k.info.run_id for k in kids}
+    for kid in kids:
+        t, metrics = by_id[kid.info.run_id], kid.data.metrics
+        fids = [m.value for m in client.get_metric_history(kid.info.run_id, "eval/fid")]
+        assert t["name"] == kid.info.run_name and t["phase"] == "search"
+        assert t["trial_id"] == kid.data.tags["tsearch.trial_id"]
+        assert t["status"] == kid.info.status
+        assert t["end_reason"] == kid.data.tags["tsearch.end_reason"]
+        assert t["kimg"] == pytest.approx(metrics["progress/kimg"])
+        assert t["best_fid"] == pytest.approx(min(fids))
+        assert t["last_fid"] == pytest.approx(metrics["eval/fid"])
+        assert t["probe_forwards"] == pytest.approx(metrics["compute/probe_forwards"])
+        assert {k: str(v) for k, v in t["values"].items()} == {
+            k[len("trial."):]: v for k, v in kid.data.params.items() if k.startswith("trial.")}
+    order = [by_id[k]["best_fid"] for k in by_id]
+    assert [t["best_fid"] for t in shown["trials"]] == sorted(order)  # best first
 
 
 @pytest.mark.slow
@@ -192,6 +249,8 @@ def test_diverging_trial_fails_and_search_completes(tmp_path):
     assert statuses == ["FAILED", "FINISHED"], statuses
     failed = next(k for k in kids if k.info.status == "FAILED")
     assert "diverged" in failed.data.tags["tsearch.failure_reason"]
+    assert failed.data.tags["tsearch.end_reason"] == \
+        f"failed: {failed.data.tags['tsearch.failure_reason']}"
 
 
 @pytest.mark.slow

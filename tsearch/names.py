@@ -72,6 +72,8 @@ TAG_EVAL_BACKEND = "tsearch.fid_extractor"  # which extractor (and weights) scor
 TAG_BEST_TRIAL_RUN = "tsearch.best_trial_run"
 TAG_BEST_FID = "tsearch.best_fid"
 TAG_ENDED_BY = "tsearch.ended_by"
+TAG_END_REASON = "tsearch.end_reason"  # on a trial run: END_FINISHED, stopped_at(), failed_with()
+END_FINISHED = "finished"  # trained to its full budget
 TAG_FAILURE_REASON = "tsearch.failure_reason"
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own
 TAG_PHASE = "tsearch.phase"  # on a trial's child run: PHASE_SEARCH or PHASE_CONFIRM
@@ -79,6 +81,21 @@ PHASE_SEARCH = "search"  # proposals, stopped early by ASHA
 PHASE_CONFIRM = "confirm"  # the top configurations retrained on fresh seeds, full budget
 TAG_CONFIRMED = "tsearch.confirmed_winner"  # on the parent run: the confirmed winner's label
 TAG_WARM_START = "tsearch.warm_start"  # on the parent run: the search it was warm-started from
+TAG_NOTE = "mlflow.note.content"  # MLflow's own: a run's description (Markdown), on the parent
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own, on an experiment: what its UI shows
+EXPERIMENT_KIND = "custom_model_development"  # training runs (the UI's other kind is GenAI traces)
+
+
+def stopped_at(kimg: float, asha: bool) -> str:
+    """The end reason of a trial stopped before its budget: by ASHA at its rung ``kimg``, or by
+    Tune for another reason at ``kimg``."""
+    return f"stopped by ASHA at rung {kimg:g} kimg" if asha else f"stopped at {kimg:g} kimg"
+
+
+def failed_with(reason: str) -> str:
+    """The end reason of a failed trial."""
+    return f"failed: {reason}"
+
 
 # --- MLflow param prefixes (params are flat dotted strings) -------------------------------------
 PARAM_CONFIG = "config"  # a run's whole resolved config

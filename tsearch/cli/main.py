@@ -307,17 +307,14 @@ def _print_search_result(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tsearch.search.confirm import describe
+    from tsearch.search import summary
 
-    table = Table(title=f"search {result.name}: best trials ({len(result.trials)} run, "
-                  f"{result.seconds:.0f} s)")
-    for col in ("trial", "status", "best FID", "kimg"):
+    table = Table(title=summary.best_title(result))
+    for col in summary.BEST_COLUMNS[:-1]:
         table.add_column(col, no_wrap=True)
-    table.add_column("configuration")
-    for t in sorted(result.trials, key=lambda t: t.best_fid)[:10]:
-        bundle = " ".join(str(t.config[k]) for k in result.labels if k in t.config) or None
-        conf = describe({k: v for k, v in t.config.items() if k not in result.labels}, bundle)
-        table.add_row(t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf)
+    table.add_column(summary.BEST_COLUMNS[-1])
+    for row in summary.best_rows(result):
+        table.add_row(*row)
     # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 then).
     console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 120))
     console.print(table)
@@ -325,15 +322,9 @@ def _print_search_result(result) -> None:
         console.print(_confirm_table(result.confirmation))
         for note in result.confirmation.notes:
             typer.echo(f"note: {note}")
-        w = result.confirmation.winner
-        if w is not None:
-            curse = w.winners_curse
-            typer.echo(f"confirmed winner: {w.label}, FID {w.mean:.2f}"
-                       + (f" ± {w.std:.2f}" if w.std is not None else "")
-                       + (f", {w.speedup_kimg:.2f}x the baseline's speed"
-                          if w.speedup_kimg is not None else "")
-                       + (f"; its search FID was {w.search_fid:.2f} (winner's curse "
-                          f"{curse:+.2f}: search minus confirmed)" if curse is not None else ""))
+        line = summary.winner_line(result.confirmation)
+        if line is not None:
+            typer.echo(line)
     uri = names.mask_uri(result.tracking_uri)
     typer.echo(f"MLflow parent run: {result.parent_run_id}")
     typer.echo(f"look at it:   open {uri}" if uri.startswith(("http://", "https://"))
@@ -346,26 +337,15 @@ def _confirm_table(conf):
     """The search's answer: search FID beside the confirmed mean ± std, and speed-ups."""
     from rich.table import Table
 
-    target = f" ({conf.target_fid:.2f})" if conf.target_fid is not None else ""
-    table = Table(title=f"confirmed ranking: final FID over fresh seeds "
-                  f"{', '.join(map(str, conf.seeds))}" + (
-                      f" with {', '.join(f'{k}={v}' for k, v in conf.overrides.items())}"
-                      if conf.overrides else ""))
+    from tsearch.search import summary
+
+    table = Table(title=summary.confirm_title(conf))
     table.add_column("#", no_wrap=True, min_width=1)
     table.add_column("configuration", min_width=30)
-    for col in ("search FID", "confirmed FID", "per seed", f"kimg to FID{target}",
-                "speed-up kimg", "speed-up compute"):
+    for col in summary.confirm_columns(conf)[2:]:
         table.add_column(col, no_wrap=True)
-    for i, row in enumerate(conf.rows, 1):
-        mean = "failed" if row.mean is None else (
-            f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else ""))
-        table.add_row(
-            str(i), row.label + (" (baseline)" if row.baseline else ""),
-            "-" if row.search_fid is None else f"{row.search_fid:.2f}", mean,
-            " ".join("-" if f is None else f"{f:.1f}" for f in row.finals),
-            "-" if row.kimg_to_target is None else f"{row.kimg_to_target:.2f}",
-            "-" if row.speedup_kimg is None else f"{row.speedup_kimg:.2f}",
-            "-" if row.speedup_compute is None else f"{row.speedup_compute:.2f}")
+    for row in summary.confirm_rows(conf):
+        table.add_row(*row)
     return table
 
 
@@ -381,47 +361,103 @@ TrackingUri = Annotated[
 DEFAULT_URI = "sqlite:///tsearch-runs/mlflow.db"
 
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead.")]
+
+
 @runs_app.command("list")
-def runs_list(tracking_uri: TrackingUri = DEFAULT_URI) -> None:
-    """Searches with their best FID."""
-    from tsearch.tracking.queries import list_searches
+def runs_list(tracking_uri: TrackingUri = DEFAULT_URI, as_json: JsonFlag = False) -> None:
+    """Searches: their phase, trials and how they ended, and best FID."""
+    import json
+
+    from tsearch.tracking.queries import SearchCounts, list_searches, search_counts
 
     rows = list_searches(tracking_uri)
+    counts = search_counts(tracking_uri) if rows else {}
+    if as_json:
+        typer.echo(json.dumps([_search_json(r, counts.get(r.run_id)) for r in rows], indent=2))
+        return
     if not rows:
         typer.echo(f"no searches in {names.mask_uri(tracking_uri)}")
         return
-    typer.echo(f"{'search':<24} {'parent run':<34} {'status':<10} {'best FID':>9}")
+    typer.echo(f"{'search':<24} {'parent run':<34} {'status':<10} {'phase':<8} "
+               f"{'trials':<16} {'ended':<36} {'best FID':>9}")
     for r in rows:
-        typer.echo(f"{r.name:<24} {r.run_id:<34} {r.status:<10} {r.best_fid:9.2f}")
+        c = counts.get(r.run_id) or SearchCounts(phase=names.PHASE_SEARCH)
+        typer.echo(f"{r.name:<24} {r.run_id:<34} {r.status:<10} {c.phase:<8} "
+                   f"{_trial_counts(c):<16} {_ended(c):<36} {r.best_fid:9.2f}")
+
+
+def _trial_counts(c) -> str:
+    """``12`` or ``12 + 8 confirm``: trials by phase."""
+    text = str(c.trials.get(names.PHASE_SEARCH, 0))
+    confirm = c.trials.get(names.PHASE_CONFIRM, 0)
+    return f"{text} + {confirm} confirm" if confirm else text
+
+
+def _ended(c) -> str:
+    """``9 finished, 3 stopped``: trials by how they ended (running ones too)."""
+    order = ("finished", "stopped", "failed", "killed", "running")
+    kinds = sorted(c.ended, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{c.ended[k]} {k}" for k in kinds) or "-"
+
+
+def _search_json(row, counts) -> dict:
+    return {"name": row.name, "run_id": row.run_id, "status": row.status,
+            "phase": counts.phase if counts else names.PHASE_SEARCH,
+            "trial_counts": dict(counts.trials) if counts else {},
+            "ended": dict(counts.ended) if counts else {},
+            "best_fid": row.best_fid if math.isfinite(row.best_fid) else None,
+            "confirmed_winner": row.tags.get(names.TAG_CONFIRMED),
+            "experiment_id": row.experiment_id, "artifact_uri": row.artifact_uri}
 
 
 @runs_app.command("show")
 def runs_show(
     run: Annotated[str, typer.Argument(help="Search name or parent run id.")],
     tracking_uri: TrackingUri = DEFAULT_URI,
+    as_json: JsonFlag = False,
 ) -> None:
-    """A search's trials (best first), its best config and its plots."""
-    from tsearch.tracking.queries import find_search, trial_runs
+    """A search's trials: phase, how each ended, kimg, best and last FID, probe compute and
+    the searched values (search phase first, best FID first)."""
+    import json
+
+    from tsearch.tracking.queries import SearchCounts, find_search, trial_runs, trial_views
 
     parent = find_search(tracking_uri, run)
-    typer.echo(f"search {parent.name} ({parent.run_id}, {parent.status}), best FID "
+    trials = trial_views(trial_runs(tracking_uri, parent))
+    counts = SearchCounts(phase=names.PHASE_SEARCH)
+    for t in trials:
+        counts.add(t.phase, t.end_reason)
+    if as_json:
+        out = {**_search_json(parent, counts), "trials": [t.to_json() for t in trials]}
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"search {parent.name} ({parent.run_id}, {parent.status}), phase {counts.phase}, "
+               f"{_trial_counts(counts)} trials ({_ended(counts)}), best FID "
                f"{parent.best_fid:.2f}")
-    for t in trial_runs(tracking_uri, parent):
-        key = "timesteps.sampler.name"
-        sampler = t.params.get(f"{names.PARAM_TRIAL}.{key}",
-                               t.params.get(f"{names.PARAM_CONFIG}.{key}", ""))
-        typer.echo(f"  {t.name:<28} {t.status:<9} FID {t.best_fid:8.2f}  {sampler}  "
-                   f"{_time_shares(t.metrics)}run {t.run_id}")
+    typer.echo(f"  {'trial':<16} {'phase':<7} {'status':<9} {'end':<34} {'kimg':>6} "
+               f"{'best FID':>8} {'last FID':>8} {'probe':>7}  {'time':<20} {'run':<32}  values")
+    for t in trials:
+        end = t.end_reason or "running"
+        typer.echo(f"  {t.trial_id:<16} {t.phase:<7} {t.status:<9} "
+                   f"{end if len(end) <= 34 else end[:33] + '…':<34} {_num(t.kimg, 'g'):>6} "
+                   f"{_num(t.best_fid, '.2f'):>8} {_num(t.last_fid, '.2f'):>8} "
+                   f"{_num(t.probe_forwards, '.3g'):>7}  {_time_shares(t):<20} {t.run_id:<32}  "
+                   f"{t.label}")
     typer.echo(f"artifacts: {names.mask_uri(parent.artifact_uri)}/  (trials.csv, fid_vs_kimg.png, "
                "best_trials_p_t.png, best_config.yaml)")
 
 
-def _time_shares(metrics: dict[str, float]) -> str:
-    """``eval 31% other 9%  `` of a trial's wall time, from its last perf/* record."""
-    if names.PERF_EVAL_SHARE not in metrics:
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _time_shares(t) -> str:
+    """``eval 31% other 9%`` of a trial's wall time, from its last perf/* record."""
+    if t.eval_share is None:
         return ""  # a trial recorded before perf/* existed
-    return (f"eval {metrics[names.PERF_EVAL_SHARE]:4.0%} other "
-            f"{metrics.get(names.PERF_OVERHEAD_SHARE, math.nan):4.0%}  ")
+    other = "   -" if t.overhead_share is None else f"{t.overhead_share:4.0%}"
+    return f"eval {t.eval_share:4.0%} other {other}"
 
 
 export_app = typer.Typer(help="Export results of a search.")

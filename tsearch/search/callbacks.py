@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -38,18 +39,52 @@ class ProgressCallback(Callback):
 
 
 class MlflowTrialCallback(Callback):
-    """Marks a trial's child run ended when Tune ends it (ASHA stops do not run its finally)."""
+    """Marks a trial's child run ended when Tune ends it, and records why (``end_reason``).
 
-    def __init__(self, tracking_uri: str):
+    Tune stops a trial (ASHA, or its last report at ``total_kimg``) by ending the thread of its
+    function: ``tune.report`` raises ``SystemExit``, so ``train`` closes its run FINISHED either
+    way, or not at all when the actor goes first. Only the driver knows which it was.
+    """
+
+    # Class defaults: a search resumed from an older tsearch unpickles a callback without them.
+    total_kimg: float | None = None
+    rungs: list[float] = []  # noqa: RUF012 (never mutated)
+    parent_run_id: str | None = None
+
+    def __init__(self, tracking_uri: str, total_kimg: float | None = None,
+                 rungs: list[float] | None = None, parent_run_id: str | None = None):
         self.uri = tracking_uri
+        self.total_kimg = total_kimg  # the phase's budget (a trial may search or set its own)
+        self.rungs = rungs or []  # ASHA's milestones in kimg; none in a phase without ASHA
+        self.parent_run_id = parent_run_id
 
-    def _close(self, trial: Any, status: str, note: str) -> None:
+    def _close(self, trial: Any, status: str, note: str, reason: str) -> None:
         from tsearch.tracking.queries import close_trial_run
 
-        close_trial_run(self.uri, trial.trial_id, status, note)
+        close_trial_run(self.uri, trial.trial_id, status, note, end_reason=reason,
+                        parent_run_id=self.parent_run_id)
+
+    def end_reason(self, trial: Any) -> str:
+        """finished, or stopped (by ASHA at its rung) before the trial's budget."""
+        kimg = float((trial.last_result or {}).get(names.TIME_ATTR, 0.0))
+        total = flat_config(trial.config).get("train.total_kimg", self.total_kimg)
+        if total is None or kimg >= float(total) - 1e-9:
+            return names.END_FINISHED
+        reached = [r for r in self.rungs if r <= kimg + 1e-9]
+        return names.stopped_at(reached[-1] if reached else kimg, asha=bool(reached))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FINISHED", "stopped by the scheduler or completed")
+        self._close(trial, "FINISHED", "stopped by the scheduler or completed",
+                    self.end_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED", "trial errored")
+        self._close(trial, "FAILED", "trial errored", names.failed_with(_error_line(trial)))
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of a trial's error.txt (the exception), or what to look at."""
+    try:
+        lines = [x.strip() for x in Path(trial.error_file).read_text().splitlines() if x.strip()]
+    except (AttributeError, TypeError, OSError):
+        lines = []
+    return lines[-1][:300] if lines else "the trial errored (see error.txt in its directory)"

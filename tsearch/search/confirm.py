@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.config import Config
 from tsearch.errors import ConfigError
 from tsearch.search.space import (
@@ -177,26 +177,14 @@ def _config_key(values: Mapping[str, Any]) -> str:
                       default=str)
 
 
-def _short(key: str) -> str:
-    if key.startswith("timesteps.sampler.params."):
-        return key.rsplit(".", 1)[-1]
-    return key.removeprefix("timesteps.").removesuffix(".name")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def describe(values: Mapping[str, Any], bundle: str | None = None,
              sampler: str = "uniform") -> str:
-    """A readable label: the method (bundle label or sampler), then its other values.
+    """A configuration's readable label (:func:`tsearch.labels.describe`), seed left out: the
+    method (bundle label or sampler), then its other values.
 
     ``sampler``: the base config's, for values that do not choose one.
     """
-    head = bundle or str(values.get(SAMPLER_KEY, sampler))
-    rest = [f"{_short(k)}={_fmt(v)}" for k, v in values.items()
-            if k not in (SAMPLER_KEY, SEED_KEY)]
-    return " ".join([head, *rest])
+    return labels.describe({k: v for k, v in values.items() if k != SEED_KEY}, bundle, sampler)
 
 
 def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,

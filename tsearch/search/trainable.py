@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsearch import names
+from tsearch import labels, names
 
 DISK_METRIC = "disk/trial_mb"  # what this trial holds in the search's storage
 
@@ -73,16 +73,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
             tune.report(info[_FINISHED])
             return
         resume = any(scratch.iterdir())
+        label_keys, keys = meta.get("labels", ()), meta.get("keys", ())
         tracker = resilient(build_tracker(
-            cfg.tracking, run_name=trial_name, parent_run_id=meta.get("parent_run_id"),
+            cfg.tracking, parent_run_id=meta.get("parent_run_id"),
+            run_name=labels.trial_name(config, label_keys, cfg.timesteps.sampler.name, keys),
             run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
                   names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip(),
                   names.TAG_WORKER_PID: str(os.getpid()),
                   names.TAG_PHASE: meta.get("phase", names.PHASE_SEARCH)},
         ), say)
-        if not resume:
-            tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())}})
+        if not resume:  # the values under their short names too: the run table's columns
+            tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())},
+                                **labels.plain_params(config, keys, _TOP_LEVEL_PARAMS)})
         total_images = int(round(cfg.train.total_kimg * 1000))
 
         def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
@@ -105,6 +108,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_TOP_LEVEL_PARAMS = (names.PARAM_CONFIG, names.PARAM_TRIAL, names.PARAM_MODEL_SIZE,
+                     names.PARAM_DEVICE)  # what a trial run logs besides its values
 _THREAD_TIMEOUT_S = 600  # how long a stopped trial may take to close before its actor is reused
 _FINISHED = "finished"  # in TRIAL_INFO: the final report of a trial that trained to the end
 

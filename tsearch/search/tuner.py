@@ -25,6 +25,7 @@ from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.metrics.registry import check_evaluations
 from tsearch.search import confirm as confirming
+from tsearch.search import summary
 from tsearch.search.algorithms import SearchAlgorithm, WarmTrial, get_algorithm
 from tsearch.search.confirm import Confirmation
 from tsearch.search.space import (
@@ -303,6 +304,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                                tags={names.TAG_KIND: names.KIND_SEARCH, names.TAG_SEARCH: name,
                                      names.TAG_STORAGE: str(exp_path)})
     meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels,
+            "keys": list(space.specs),
             "phase": names.PHASE_SEARCH}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
@@ -338,12 +340,14 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                                   experiment_path=exp_path, trials=trials, best_config=None,
                                   tracking_uri=uri, seconds=0.0, labels=space.labels)
             result.best_config = _finish(parent, result, base, exp_path)
+            parent.set_tags({names.TAG_NOTE: summary.markdown(result)})
         if cfg.search.confirm.enabled and result.best is not None:
             state["search_done"] = True
             _write_state(state_file, state)
             with watch.stage("confirmation phase"):
                 _confirm(cfg, checked, result, parent, base, meta, storage, uri, exp_path,
                          resume, state, say)
+                parent.set_tags({names.TAG_NOTE: summary.markdown(result)})
     except KeyboardInterrupt:
         parent.finish("KILLED", "interrupted; continue with tsearch search --resume")
         if not resume and not _trial_dirs(exp_path):
@@ -421,7 +425,7 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
                                         max_concurrent_trials=c.max_concurrent or
                                         s.max_concurrent, reuse_actors=s.reuse_actors),
             run_config=_run_config(s, CONFIRM_SUBDIR, _join(storage, checked.name), uri,
-                                   say, [confirming.LABEL]))
+                                   say, [confirming.LABEL], ends=(kimg, [], parent.run_id)))
     grid = tuner.fit()
     _prune_checkpoints(cexp, s.num_to_keep)
     result.confirm_trials = _summaries(grid)
@@ -571,19 +575,25 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
             max_concurrent_trials=proposal.max_concurrent_trials,
             scheduler=proposal.scheduler, reuse_actors=s.reuse_actors,
         ),
-        run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels),
+        run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels,
+                               ends=(cfg.train.total_kimg, asha_milestones(cfg),
+                                     meta["parent_run_id"])),
     )
 
 
-def _run_config(s, name: str, storage_path: str, uri: str, say, labels: list[str]):
-    """One phase's Tune run config: its storage, progress lines, MLflow closing, retries."""
+def _run_config(s, name: str, storage_path: str, uri: str, say, labels: list[str],
+                ends: tuple[float | None, list[float], str | None] = (None, [], None)):
+    """One phase's Tune run config: its storage, progress lines, MLflow closing, retries.
+
+    ``ends``: the phase's budget in kimg, ASHA's rungs and the parent run, to tell the trial
+    runs why they ended."""
     from ray import tune
 
     from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
 
     return tune.RunConfig(
         name=name, storage_path=storage_path, verbose=0,
-        callbacks=[MlflowTrialCallback(uri), ProgressCallback(say, labels)],
+        callbacks=[MlflowTrialCallback(uri, *ends), ProgressCallback(say, labels)],
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep))
 

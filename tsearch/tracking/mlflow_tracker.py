@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from tsearch.errors import ConfigError, TsearchError
-from tsearch.names import ARTIFACT_FAILURE, TAG_FAILURE_REASON, TAG_PARENT_RUN, mask_uri
+from tsearch.names import (
+    ARTIFACT_FAILURE,
+    EXPERIMENT_KIND,
+    TAG_EXPERIMENT_KIND,
+    TAG_FAILURE_REASON,
+    TAG_PARENT_RUN,
+    mask_uri,
+)
 from tsearch.tracker import (
     MAX_TAG_VALUE_LENGTH,
     FinishOnExit,
@@ -58,6 +65,8 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 FLUSH_THRESHOLD = 200
 PROBE_TIMEOUT_S = 5.0
 
+# The kinds MLflow's UI guesses ("..._inferred", "no_inferred_type"): not anyone's choice.
+_INFERRED = ("_inferred", "no_inferred_type")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _T = TypeVar("_T")
 
@@ -240,7 +249,8 @@ def _get_or_create_experiment(
         experiment = _retry(lambda: client.get_experiment_by_name(name))
         if experiment is None:
             try:
-                return _retry(lambda: client.create_experiment(name, artifact_location))
+                return _retry(lambda: client.create_experiment(
+                    name, artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}))
             except MlflowException as err:
                 # Another process created it between our lookup and create: use theirs.
                 experiment = client.get_experiment_by_name(name)
@@ -255,7 +265,18 @@ def _get_or_create_experiment(
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
             "or pass --set tracking.experiment=OTHER"
         )
+    _mark_training_experiment(client, experiment)
     return experiment.experiment_id
+
+
+def _mark_training_experiment(client: MlflowClient, experiment: Any) -> None:
+    """Tag an experiment made by an older tsearch (or by hand) as one of training runs, so
+    MLflow's UI opens on its runs; a kind someone chose in the UI is left as it is."""
+    kind = experiment.tags.get(TAG_EXPERIMENT_KIND, "")
+    if kind == EXPERIMENT_KIND or (kind and not kind.endswith(_INFERRED)):
+        return
+    _retry(lambda: client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND,
+                                             EXPERIMENT_KIND))
 
 
 def ensure_experiment(

@@ -13,18 +13,21 @@ import re
 import sqlite3
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.errors import ConfigError, TsearchError
+from tsearch.tracker import MAX_TAG_VALUE_LENGTH
 from tsearch.tracking.mlflow_tracker import (
     _client,
     _import_mlflow,
+    _retry,
     _sqlite_path,
     check_tracking_store,
     resolve_tracking_uri,
@@ -225,16 +228,157 @@ def has_artifact(uri: str, run_id: str, artifact: str) -> bool:
     return any(entry.path == artifact and not entry.is_dir for entry in listed)
 
 
-def close_trial_run(uri: str, trial_id: str, status: str, note: str) -> None:
-    """End a trial's child run that Tune ended from outside (e.g. an ASHA stop)."""
+def close_trial_run(uri: str, trial_id: str, status: str, note: str,
+                    end_reason: str | None = None, parent_run_id: str | None = None) -> None:
+    """End a trial's child run that Tune ended from outside (e.g. an ASHA stop); record why.
+
+    ``end_reason`` is set whatever the run's status: a stopped trial may have closed its run
+    itself, as FINISHED like a completed one. A FAILED trial keeps the failure reason its run
+    recorded. ``parent_run_id`` narrows the trial id to one search (ids are random, not unique).
+    """
+    from mlflow.entities import RunTag
+
     client = _client(uri)
     ids = _all_experiment_ids(client)
-    runs = client.search_runs(ids, f"tags.`{names.TAG_TRIAL_ID}` = '{trial_id}'",
-                              max_results=10)
-    for run in runs:
+    query = f"tags.`{names.TAG_TRIAL_ID}` = '{trial_id}'"
+    if parent_run_id:
+        query += f" and tags.`{names.TAG_PARENT_RUN}` = '{parent_run_id}'"
+    for run in client.search_runs(ids, query, max_results=10):
+        tags = {}
+        if end_reason is not None:
+            failure = run.data.tags.get(names.TAG_FAILURE_REASON)
+            reason = names.failed_with(failure) if status == "FAILED" and failure else end_reason
+            tags[names.TAG_END_REASON] = reason[:MAX_TAG_VALUE_LENGTH]
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, names.TAG_ENDED_BY, note)
-            client.set_terminated(run.info.run_id, status)
+            tags[names.TAG_ENDED_BY] = note
+        run_id = run.info.run_id
+        if tags:
+            _retry(partial(client.log_batch, run_id, synchronous=True,
+                           tags=[RunTag(k, v) for k, v in tags.items()]))
+        if run.info.status == "RUNNING":
+            _retry(partial(client.set_terminated, run_id, status))
+
+
+def end_reason(row: RunRow) -> str | None:
+    """Why a trial run ended (None: it has not).
+
+    Its ``tsearch.end_reason`` tag, else (a store from before the tag, a driver that died) what
+    its status, failure reason and training progress against its budget say.
+    """
+    tagged = row.tags.get(names.TAG_END_REASON)
+    if tagged:
+        return tagged
+    why = row.tags.get(names.TAG_FAILURE_REASON)
+    if row.status == "FAILED":
+        return names.failed_with(why or "no reason recorded")
+    if row.status == "KILLED":
+        return "killed" + (f": {why}" if why else "")
+    if row.status != "FINISHED":
+        return None
+    kimg = row.metrics.get(names.PROGRESS_KIMG)
+    total = parse_param(row.params.get(f"{names.PARAM_CONFIG}.train.total_kimg", ""))
+    if kimg is not None and isinstance(total, int | float) and kimg < total - 1e-9:
+        return names.stopped_at(kimg, asha=False)
+    return names.END_FINISHED
+
+
+def end_kind(reason: str | None) -> str:
+    """An end reason's kind: finished, stopped, failed, killed, or running (None)."""
+    return "running" if reason is None else reason.split(":")[0].split()[0]
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+@dataclass
+class TrialView:
+    """One trial as `tsearch runs show` prints it, and with ``--json`` gives it to scripts."""
+
+    run_id: str
+    name: str
+    trial_id: str
+    phase: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED or KILLED
+    end_reason: str | None  # finished, stopped ..., failed: ...; None while it runs
+    kimg: float | None  # training reached (progress/kimg)
+    best_fid: float | None
+    last_fid: float | None
+    probe_forwards: float | None  # compute spent on the sampler's probes, in forward passes
+    train_forwards: float | None
+    values: dict[str, Any]  # the searched values (trial.* params), full keys
+    label: str  # the values as run names spell them (tsearch.labels)
+    eval_share: float | None = None  # of the trial's wall time, at its last evaluation
+    overhead_share: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trial_views(rows: list[RunRow]) -> list[TrialView]:
+    """A search's trial runs (:func:`trial_runs`) as `tsearch runs show` lists them: search
+    phase before confirmation, best FID first."""
+    values = {r.run_id: {k: parse_param(v) for k, v in
+                         names.strip_prefix(r.params, names.PARAM_TRIAL).items()} for r in rows}
+    keys = list(dict.fromkeys(k for v in values.values() for k in v))
+    out = []
+    for r in rows:
+        m, mine = r.metrics, values[r.run_id]
+        sampler = r.params.get(f"{names.PARAM_CONFIG}.{labels.SAMPLER_KEY}",
+                               labels.DEFAULT_SAMPLER)
+        out.append(TrialView(
+            run_id=r.run_id, name=r.name, trial_id=r.tags.get(names.TAG_TRIAL_ID, r.name),
+            phase=r.tags.get(names.TAG_PHASE, names.PHASE_SEARCH), status=r.status,
+            end_reason=end_reason(r), kimg=_finite(m.get(names.PROGRESS_KIMG)),
+            best_fid=_finite(r.best_fid), last_fid=_finite(m.get(names.FID)),
+            probe_forwards=_finite(m.get(names.PROBE_FORWARDS)),
+            train_forwards=_finite(m.get(names.TRAIN_FORWARDS)), values=mine,
+            # Bundle labels (method) are the searched keys that are not config fields.
+            label=labels.trial_name(mine, [k for k in mine if "." not in k], sampler, keys),
+            eval_share=_finite(m.get(names.PERF_EVAL_SHARE)),
+            overhead_share=_finite(m.get(names.PERF_OVERHEAD_SHARE))))
+    order = (names.PHASE_SEARCH, names.PHASE_CONFIRM)
+    return sorted(out, key=lambda t: (order.index(t.phase) if t.phase in order else len(order),
+                                      t.best_fid if t.best_fid is not None else math.inf))
+
+
+@dataclass
+class SearchCounts:
+    """How far a search got: its phase, and its trials by phase and by how they ended."""
+
+    phase: str  # search, or confirm once confirmation runs exist
+    trials: dict[str, int] = field(default_factory=dict)  # by phase
+    ended: dict[str, int] = field(default_factory=dict)  # by end_kind
+
+    def add(self, phase: str, reason: str | None) -> None:
+        """Count one trial of ``phase`` that ended for ``reason`` (None: still running)."""
+        self.trials[phase] = self.trials.get(phase, 0) + 1
+        kind = end_kind(reason)
+        self.ended[kind] = self.ended.get(kind, 0) + 1
+        if phase == names.PHASE_CONFIRM:
+            self.phase = names.PHASE_CONFIRM
+
+
+def search_counts(uri: str) -> dict[str, SearchCounts]:
+    """Every search's :class:`SearchCounts`, by parent run id, from one listing of trial runs."""
+    client = _client_for(uri)
+    ids = _all_experiment_ids(client)
+    runs, token = [], None
+    while ids:
+        page = client.search_runs(ids, f"tags.`{names.TAG_KIND}` = '{names.KIND_TRIAL}'",
+                                  max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    out: dict[str, SearchCounts] = {}
+    for row in _rows(runs):
+        parent = row.tags.get(names.TAG_PARENT_RUN)
+        if not parent:
+            continue
+        counts = out.setdefault(parent, SearchCounts(phase=names.PHASE_SEARCH))
+        counts.add(row.tags.get(names.TAG_PHASE, names.PHASE_SEARCH), end_reason(row))
+    return out
 
 
 def run_summary(row: RunRow) -> dict[str, Any]:

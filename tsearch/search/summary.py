@@ -1,0 +1,106 @@
+"""A search's summary tables as rows of text, for the console and for MLflow.
+
+``tsearch search`` prints them at the end (rich tables); the parent run's description
+(``mlflow.note.content``, Markdown) holds the same rows, so the MLflow UI opens a search on its
+answer. Updated when the search phase ends and again after the confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tsearch.search.confirm import Confirmation, describe
+
+BEST_COLUMNS = ("trial", "status", "best FID", "kimg", "configuration")
+SHOWN = 10  # best trials in the table
+
+
+def best_title(result: Any, seconds: bool = True) -> str:
+    """The best-trials table's title; ``seconds``: with the search's wall time."""
+    took = f", {result.seconds:.0f} s" if seconds else ""
+    return f"search {result.name}: best trials ({len(result.trials)} run{took})"
+
+
+def best_rows(result: Any, limit: int = SHOWN) -> list[list[str]]:
+    """The ``limit`` best trials of a :class:`~tsearch.search.tuner.SearchResult`, one row each
+    under :data:`BEST_COLUMNS`."""
+    rows = []
+    for t in sorted(result.trials, key=lambda t: t.best_fid)[:limit]:
+        bundle = " ".join(str(t.config[k]) for k in result.labels if k in t.config) or None
+        conf = describe({k: v for k, v in t.config.items() if k not in result.labels}, bundle)
+        rows.append([t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf])
+    return rows
+
+
+def confirm_title(conf: Confirmation) -> str:
+    return (f"confirmed ranking: final FID over fresh seeds {', '.join(map(str, conf.seeds))}"
+            + (f" with {', '.join(f'{k}={v}' for k, v in conf.overrides.items())}"
+               if conf.overrides else ""))
+
+
+def confirm_columns(conf: Confirmation) -> list[str]:
+    target = f" ({conf.target_fid:.2f})" if conf.target_fid is not None else ""
+    return ["#", "configuration", "search FID", "confirmed FID", "per seed",
+            f"kimg to FID{target}", "speed-up kimg", "speed-up compute"]
+
+
+def confirm_rows(conf: Confirmation) -> list[list[str]]:
+    """The confirmed ranking, best first: search FID beside the confirmed mean ± std, and the
+    speed-ups over the baseline."""
+    rows = []
+    for i, row in enumerate(conf.rows, 1):
+        mean = "failed" if row.mean is None else (
+            f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else ""))
+        rows.append([
+            str(i), row.label + (" (baseline)" if row.baseline else ""),
+            "-" if row.search_fid is None else f"{row.search_fid:.2f}", mean,
+            " ".join("-" if f is None else f"{f:.1f}" for f in row.finals),
+            "-" if row.kimg_to_target is None else f"{row.kimg_to_target:.2f}",
+            "-" if row.speedup_kimg is None else f"{row.speedup_kimg:.2f}",
+            "-" if row.speedup_compute is None else f"{row.speedup_compute:.2f}"])
+    return rows
+
+
+def winner_line(conf: Confirmation) -> str | None:
+    """One sentence on the confirmed winner; None when every candidate failed."""
+    w = conf.winner
+    if w is None:
+        return None
+    curse = w.winners_curse
+    return (f"confirmed winner: {w.label}, FID {w.mean:.2f}"
+            + (f" ± {w.std:.2f}" if w.std is not None else "")
+            + (f", {w.speedup_kimg:.2f}x the baseline's speed"
+               if w.speedup_kimg is not None else "")
+            + (f"; its search FID was {w.search_fid:.2f} (winner's curse "
+               f"{curse:+.2f}: search minus confirmed)" if curse is not None else ""))
+
+
+def markdown(result: Any) -> str:
+    """The parent run's description: the best trials and, once confirmed, the ranking."""
+    parts = [f"### {best_title(result, seconds=False)}",
+             _table(BEST_COLUMNS, best_rows(result))]
+    conf = result.confirmation
+    if conf is None:
+        parts.append(f"Unconfirmed: each FID is one seed, and the best is the minimum of "
+                     f"{len(result.trials)} noisy trials.")
+    else:
+        parts += [f"### {confirm_title(conf)}", _table(confirm_columns(conf),
+                                                       confirm_rows(conf))]
+        parts += [f"- note: {_cell(note)}" for note in conf.notes]
+        line = winner_line(conf)
+        if line:
+            parts.append(f"**{_cell(line)}**")
+    return "\n\n".join(parts) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text that cannot break a Markdown table row or start markup by accident."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
