@@ -120,6 +120,16 @@ def test_f_test_matches_sklearn_and_picks_informative_timesteps():
     assert select_features(q, 3).tolist() == [7, 42, 90]
 
 
+@pytest.mark.parametrize("columns", [1000, 100])
+def test_f_test_matches_sklearn_at_the_queue_sizes(columns):
+    """The queue's shape (queue_size 20 rows, one column per scanned timestep), row-sum target."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(scale=0.01, size=(20, columns))
+    y = x.sum(axis=1)
+    ours = f_regression_scores(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(ours, f_regression(x, y)[0], rtol=1e-9)
+
+
 def test_selection_updates_from_the_queue():
     sampler = AdaptiveSampler(SCHED, AdaptiveParams(update_every=1, scan_stride=100,
                                                     policy="unconditional", queue_size=20),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tsearch.config import ModelConfig
-from tsearch.diffusion.generate import generate_images, per_image_noise, timestep_subsequence
+from tsearch.diffusion.generate import generate_images, make_scheduler, per_image_noise
 from tsearch.diffusion.loss import (
     per_sample_mse,
     per_sample_vlb_bpd,
@@ -125,8 +125,10 @@ def test_per_image_noise_independent_of_batching():
 
 
 def test_timestep_subsequence():
-    seq = timestep_subsequence(1000, 50)
-    assert len(seq) == 50 and seq[0] == 0 and seq[-1] == 980
+    """The 'leading' skip range(0, T, T // S) of ATS and improved-diffusion, run backwards."""
+    for method in ("ddim", "ddpm"):
+        seq = make_scheduler(SCHED, method, 50).timesteps.tolist()
+        assert seq == list(range(980, -1, -20))
 
 
 @pytest.mark.parametrize("method,eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])

@@ -83,6 +83,7 @@ def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     F_j = r_j^2 / (1 - r_j^2) * (n - 2), r_j = corr(x[:, j], y): sklearn's ``f_regression``
     (ALGORITHMS.md 1.3). Constant columns (and n <= 2) score 0 instead of NaN.
     """
+    # Not sklearn's: it is 2.8-5.3x slower per call, +0.5-2.7 s import (f_regression_cost.py)
     x = x.double()
     y = y.double()
     n = x.shape[0]
