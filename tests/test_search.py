@@ -43,6 +43,16 @@ def parent_of(client: MlflowClient, name: str):
     return runs[0]
 
 
+def plots_of(client: MlflowClient, run_id: str) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, "plots")}
+
+
+TRIAL_PLOTS = {"plots/fid_curve.png", "plots/p_t_heatmap.png"}
+# What Ray and PyTorch print on every search unless --verbose (search/console.py).
+RAY_NOISE = ("Configuration for experiment", "tensorboard", "Checkpoint successfully created",
+             "Token authentication is", "batching rule", "A new study created")
+
+
 def test_dry_run_prints_config_and_space(tmp_path):
     proc = tsearch("search", str(SMOKE), "--dry-run", *common(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -100,6 +110,7 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
     proc = tsearch("search", str(SMOKE), *common(tmp_path), "--verbose", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert "Configuration for experiment" in proc.stdout  # --verbose: Ray's own output too
     # --verbose: where the wall time went, stage by stage, adding up to the process's total.
     timing = proc.stderr.strip().splitlines()[-1]
     assert timing.startswith("time: start-up (Python and imports) "), timing
@@ -126,8 +137,9 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
     assert {r["node_ip"] for r in rows} == {"127.0.0.1"}  # local Ray stays on loopback
     kimgs = sorted(float(r["kimg"]) for r in rows)
     assert kimgs[0] < 0.4 <= kimgs[-1], kimgs  # ASHA stopped at least one trial at its rung
-    for kid in kids:  # FID recorded at every rung the trial reached
+    for kid in kids:  # FID recorded at every rung the trial reached; plots however it ended
         assert client.get_metric_history(kid.info.run_id, "eval/fid")
+        assert plots_of(client, kid.info.run_id) == TRIAL_PLOTS, kid.data.tags
 
     # MLflow reads like a search: the UI opens on training runs, named by method and values,
     # the values are columns of their own, each run says why it ended, the parent its summary.
@@ -213,13 +225,21 @@ def test_smoke_search_asha_mlflow_export_and_train(tmp_path):
 def test_trials_reuse_a_process_after_asha_stops_one(tmp_path):
     # search.reuse_actors (default): a stopped trial's process trains the next trial, which
     # must run normally (Tune errors it when the stopped trial's thread is slow to end).
+    # Gradvar's probes on an attention model: torch.func warns about attention at each probe.
     points = ("search.points_to_evaluate=[{optim.lr: 2.0e-3}, {optim.lr: 3.0e-4}, "
               "{optim.lr: 1.0e-3}]")
     proc = tsearch("search", str(SMOKE), *common(tmp_path), "--set", "search.num_samples=3",
                    "--set", "search.max_concurrent=1", "--set", points,
                    "--set", "search.space={optim.lr: {float: [3.0e-4, 3.0e-3], log: true}}",
-                   cwd=tmp_path)
+                   "--set", "timesteps.sampler.name=gradvar",
+                   "--set", "model.attention=[false, true]",
+                   "--set", "timesteps.sampler.params.probe_every=2",
+                   "--set", "timesteps.sampler.params.rows_per_probe=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The default console: our lines and the table, none of Ray's or PyTorch's routine output.
+    console = proc.stdout + proc.stderr
+    for noise in RAY_NOISE:
+        assert noise.lower() not in console.lower(), console
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     kids = sorted(children(client, parent_of(client, "smoke").info.run_id),
                   key=lambda k: k.info.start_time)
@@ -230,6 +250,15 @@ def test_trials_reuse_a_process_after_asha_stops_one(tmp_path):
     total = max(reached)
     assert reached[1] < total, reached  # the slow learner was stopped at its rung ...
     assert reached[2] >= 200, reached  # ... and the trial after it trained in its process
+    evals = sum(len(client.get_metric_history(k.info.run_id, "eval/fid")) for k in kids)
+    assert len(re.findall(r"^  \w{8} .*kimg +[\d.]+  FID +[\d.]+$", proc.stderr,
+                          re.M)) == evals, proc.stderr  # one line per evaluation ...
+    assert len(re.findall(r"^  \w{8} ended at ", proc.stderr, re.M)) == 3  # ... per trial end
+    assert "search smoke: best trials (3 run" in proc.stdout
+    # Every trial has its plots: the stopped one, and the last one, stopped at its end as the
+    # search ended (ASHA stops a trial at max_t too), drawn by the driver.
+    for kid in kids:
+        assert plots_of(client, kid.info.run_id) == TRIAL_PLOTS, kid.data.tags
 
 
 @pytest.mark.slow
@@ -251,6 +280,9 @@ def test_diverging_trial_fails_and_search_completes(tmp_path):
     assert "diverged" in failed.data.tags["tsearch.failure_reason"]
     assert failed.data.tags["tsearch.end_reason"] == \
         f"failed: {failed.data.tags['tsearch.failure_reason']}"
+    # The quiet console still shows the failure: our line and Ray's error with its traceback.
+    assert re.search(r"^  \w{8} failed \(see its MLflow run", proc.stderr, re.M), proc.stderr
+    assert "Trial task failed for trial" in proc.stderr and "DivergenceError" in proc.stderr
 
 
 @pytest.mark.slow
@@ -298,6 +330,8 @@ def test_grid_search_runs_exactly_its_cells(tmp_path):
     for kid in kids:  # every trial, flow matching's too, was evaluated at its end
         fids = client.get_metric_history(kid.info.run_id, "eval/fid")
         assert fids and all(math.isfinite(m.value) for m in fids)
+        assert plots_of(client, kid.info.run_id) == TRIAL_PLOTS
+    assert "done:" not in proc.stderr  # each trial's end is the driver's one line
 
 
 @pytest.mark.slow

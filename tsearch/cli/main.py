@@ -190,8 +190,9 @@ def search(
                      "it proposes anything."),
     ] = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="At the end, print where the search's wall time "
-                           "went (start-up, Ray, MLflow, trials, summary).")
+        bool, typer.Option("--verbose", help="Let Ray print its own output too (its experiment "
+                           "box, status tables, checkpoint lines); at the end, print where the "
+                           "search's wall time went (start-up, Ray, MLflow, trials, summary).")
     ] = False,
 ) -> None:
     """Search timestep samplers and their hyperparameters (Ray Tune + Optuna + ASHA)."""
@@ -243,7 +244,8 @@ def search(
 
     started = process_age()  # Python, imports and the config, before the search's own stages
     _check_store(cfg)
-    result = run_search(cfg, config, address=address, resume=resume, checked=checked)
+    result = run_search(cfg, config, address=address, resume=resume, checked=checked,
+                        verbose=verbose)
     _print_search_result(result)
     if verbose:
         if started is not None:

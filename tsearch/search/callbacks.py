@@ -1,4 +1,5 @@
-"""Driver-side Tune callbacks: live progress lines and closing trials' MLflow child runs."""
+"""Driver-side Tune callbacks: live progress lines, closing trials' MLflow child runs and
+drawing the plots of trials Tune stopped."""
 
 from __future__ import annotations
 
@@ -11,21 +12,24 @@ from ray.tune import Callback
 
 from tsearch import names
 from tsearch.search.space import flat_config
+from tsearch.search.trial_plots import complete_plots
 
 
 class ProgressCallback(Callback):
     """One line per trial evaluation: which sampler (or bundle label), how far, what FID."""
 
-    def __init__(self, say: Callable[[str], None], labels: list[str] | None = None):
+    def __init__(self, say: Callable[[str], None], labels: list[str] | None = None,
+                 sampler: str = ""):
         self.say = say
         self.labels = labels or []
+        self.sampler = sampler  # the base config's: a trial that does not search it uses it
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         fid = result.get(names.FID, math.nan)
         config = flat_config(trial.config)
         name = " ".join(str(config[k]) for k in self.labels if k in config) \
-            or config.get("timesteps.sampler.name", "")
+            or config.get("timesteps.sampler.name", self.sampler)
         self.say(f"  {trial.trial_id} {name:<11} kimg {result.get(names.TIME_ATTR, 0):6.2f}  "
                  f"FID {fid:8.2f}")
 
@@ -39,7 +43,8 @@ class ProgressCallback(Callback):
 
 
 class MlflowTrialCallback(Callback):
-    """Marks a trial's child run ended when Tune ends it, and records why (``end_reason``).
+    """Marks a trial's child run ended when Tune ends it, records why (``end_reason``) and
+    draws the plots the trial did not (:func:`complete_plots`).
 
     Tune stops a trial (ASHA, or its last report at ``total_kimg``) by ending the thread of its
     function: ``tune.report`` raises ``SystemExit``, so ``train`` closes its run FINISHED either
@@ -50,10 +55,14 @@ class MlflowTrialCallback(Callback):
     total_kimg: float | None = None
     rungs: list[float] = []  # noqa: RUF012 (never mutated)
     parent_run_id: str | None = None
+    sampler: str = ""
 
-    def __init__(self, tracking_uri: str, total_kimg: float | None = None,
-                 rungs: list[float] | None = None, parent_run_id: str | None = None):
+    def __init__(self, tracking_uri: str, say: Callable[[str], None], sampler: str = "",
+                 total_kimg: float | None = None, rungs: list[float] | None = None,
+                 parent_run_id: str | None = None):
         self.uri = tracking_uri
+        self.say = say
+        self.sampler = sampler  # the base config's: a trial that does not search it uses it
         self.total_kimg = total_kimg  # the phase's budget (a trial may search or set its own)
         self.rungs = rungs or []  # ASHA's milestones in kimg; none in a phase without ASHA
         self.parent_run_id = parent_run_id
@@ -63,6 +72,9 @@ class MlflowTrialCallback(Callback):
 
         close_trial_run(self.uri, trial.trial_id, status, note, end_reason=reason,
                         parent_run_id=self.parent_run_id)
+        result = trial.last_result or {}
+        sampler = flat_config(trial.config).get("timesteps.sampler.name", self.sampler)
+        complete_plots(trial.path, result.get(names.REPORT_RUN_ID), self.uri, sampler, self.say)
 
     def end_reason(self, trial: Any) -> str:
         """finished, or stopped (by ASHA at its rung) before the trial's budget."""

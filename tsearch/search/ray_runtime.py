@@ -52,7 +52,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> Path | None:
         if "ray" not in sys.modules:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Tiny trials checkpoint every few seconds by design; Tune warns about each snapshot.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray

@@ -21,7 +21,6 @@ Where a trial writes, so that a search's disk stays bounded and nothing is lost:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -40,20 +39,20 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     started = time.perf_counter()  # the trial's own set-up counts in its perf/overhead_share
     # With search.reuse_actors, Tune hands this process the next trial only after this one's
     # thread ends, and waits TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for it; a trial
-    # stopped by ASHA still draws its plots and closes its MLflow run (seconds on the first
-    # trial of a process, which imports matplotlib). A missed wait errors the next trial, and
-    # Ray 2.60's search then hangs (seen with the timeout at 0), so the wait is generous.
+    # stopped by ASHA still closes its MLflow run (a slow store: seconds). A missed wait errors
+    # the next trial, and Ray 2.60's search then hangs (seen with the timeout at 0), so the
+    # wait is generous.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(_THREAD_TIMEOUT_S))
     from ray import tune
 
+    from tsearch.search.console import configure_trial
     from tsearch.search.space import flat_config, resolve_trial_config
     from tsearch.tracker import resilient
     from tsearch.tracking import build_tracker
-    from tsearch.train import train
+    from tsearch.train import RunStopped, train
     from tsearch.train.rundir import previous_run_id
 
-    # One "Checkpoint successfully created" INFO line per report is noise in the driver's log.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    configure_trial(bool(meta.get("verbose")))
     config = flat_config(config)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
@@ -97,13 +96,23 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
                 trial_info = {names.REPORT_RUN_ID: tracker.run_id,
                               _FINISHED: result if finished else None}
                 (Path(d) / names.TRIAL_INFO).write_text(json.dumps(trial_info))
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+                try:
+                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+                except SystemExit:  # Tune stopped the trial (see run_trial's except)
+                    raise RunStopped from None
             if trial_path is not None:  # what the trial holds now (Tune prunes old ones soon)
                 tracker.log_metrics({DISK_METRIC: _bytes_under(trial_path) / 2**20},
                                     step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
         train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
-              log=say, checkpoint_dir=scratch, keep_checkpoints=2, started=started)
+              log=say, checkpoint_dir=scratch, keep_checkpoints=2, started=started,
+              summary=False)
+    except RunStopped:
+        # Stopped by the scheduler (ASHA at a rung, or at max_t at the last report): Tune's
+        # tune.report raised SystemExit for that, and this thread must end the same way (a
+        # return would report again and block). Tune does not wait for it unless it reuses the
+        # process, so the driver draws the plots (trial_plots.complete_plots).
+        raise SystemExit(0) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

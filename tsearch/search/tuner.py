@@ -213,11 +213,14 @@ def run_search(
     resume: bool = False,
     log=None,
     checked: SearchPlan | None = None,
+    verbose: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search ``cfg.search`` describes and summarise it in MLflow.
 
-    ``checked`` is the :func:`plan` of this config if the caller made it already.
+    ``checked`` is the :func:`plan` of this config if the caller made it already. ``verbose``
+    lets Ray (and Optuna) print their own output too (``search.console``).
     """
+    from tsearch.search.console import configure_driver
     from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray
     from tsearch.tracking import check_tracking_store, ensure_experiment
     from tsearch.tracking.mlflow_tracker import resolve_artifact_root, resolve_tracking_uri
@@ -253,11 +256,13 @@ def run_search(
         say(f"note: trials on other nodes checkpoint to {storage}; it must be a filesystem every "
             "node mounts at that path (NFS), or set search.storage_path to a bucket (s3://...)")
 
+    configure_driver(verbose)
     with watch.stage("Ray start"):
         session = init_ray(address, num_cpus=None)
     keep_logs = True  # Ray's logs help with a crash, not with a user error or a success
     try:
-        result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say, watch)
+        result = _run(cfg, checked, uri, artifact_root, storage, exp_path, resume, say, watch,
+                      verbose)
         keep_logs = False
     except KeyboardInterrupt:
         keep_logs = False
@@ -278,7 +283,7 @@ _RAY_STATE = (*STATE_FILES, ".validate_storage_marker")  # what Tune writes for 
 
 
 def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, storage: str,
-         exp_path: Path, resume: bool, say, watch: Stopwatch) -> SearchResult:
+         exp_path: Path, resume: bool, say, watch: Stopwatch, verbose: bool) -> SearchResult:
     """Open the parent run, run (or restore) the search phase, then the confirmation phase."""
     with watch.stage("Ray Tune and MLflow imports"):
         from ray import tune
@@ -305,7 +310,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                                      names.TAG_STORAGE: str(exp_path)})
     meta = {"parent_run_id": parent.run_id, "search_name": name, "labels": space.labels,
             "keys": list(space.specs),
-            "phase": names.PHASE_SEARCH}
+            "phase": names.PHASE_SEARCH, "verbose": verbose}
     base = base_config(cfg, uri)
     base["tracking"]["artifact_root"] = artifact_root
     try:
@@ -336,6 +341,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
         with watch.stage("summary (table and plots)"):
             _prune_checkpoints(exp_path, cfg.search.num_to_keep)
             trials = _summaries(grid)
+            _complete_plots(trials, base, uri, say)
             result = SearchResult(name=name, parent_run_id=parent.run_id,
                                   experiment_path=exp_path, trials=trials, best_config=None,
                                   tracking_uri=uri, seconds=0.0, labels=space.labels)
@@ -425,10 +431,12 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
                                         max_concurrent_trials=c.max_concurrent or
                                         s.max_concurrent, reuse_actors=s.reuse_actors),
             run_config=_run_config(s, CONFIRM_SUBDIR, _join(storage, checked.name), uri,
-                                   say, [confirming.LABEL], ends=(kimg, [], parent.run_id)))
+                                   say, [confirming.LABEL], cbase, meta.get("verbose", False),
+                                   ends=(kimg, [], parent.run_id)))
     grid = tuner.fit()
     _prune_checkpoints(cexp, s.num_to_keep)
     result.confirm_trials = _summaries(grid)
+    _complete_plots(result.confirm_trials, cbase, uri, say)
     result.confirmation = confirming.rank(
         cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
         parent_run_id=parent.run_id, tracking_uri=uri)
@@ -575,13 +583,15 @@ def _tuner(cfg, checked: SearchPlan, base, meta, storage, uri, resume, exp_path,
             max_concurrent_trials=proposal.max_concurrent_trials,
             scheduler=proposal.scheduler, reuse_actors=s.reuse_actors,
         ),
-        run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels,
+        run_config=_run_config(s, checked.name, storage, uri, say, checked.space.labels, base,
+                               meta.get("verbose", False),
                                ends=(cfg.train.total_kimg, asha_milestones(cfg),
                                      meta["parent_run_id"])),
     )
 
 
 def _run_config(s, name: str, storage_path: str, uri: str, say, labels: list[str],
+                base: dict[str, Any], verbose: bool,
                 ends: tuple[float | None, list[float], str | None] = (None, [], None)):
     """One phase's Tune run config: its storage, progress lines, MLflow closing, retries.
 
@@ -590,10 +600,13 @@ def _run_config(s, name: str, storage_path: str, uri: str, say, labels: list[str
     from ray import tune
 
     from tsearch.search.callbacks import MlflowTrialCallback, ProgressCallback
+    from tsearch.search.console import tune_verbosity
 
+    sampler = base["timesteps"]["sampler"]["name"]
     return tune.RunConfig(
-        name=name, storage_path=storage_path, verbose=0,
-        callbacks=[MlflowTrialCallback(uri, *ends), ProgressCallback(say, labels)],
+        name=name, storage_path=storage_path, verbose=tune_verbosity(verbose),
+        callbacks=[MlflowTrialCallback(uri, say, sampler, *ends),
+                   ProgressCallback(say, labels, sampler)],
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=s.num_to_keep))
 
@@ -698,6 +711,17 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
                 title="learned / chosen p(t) of the best trials (end of training)"))
     parent.flush()
     return best_cfg
+
+
+def _complete_plots(trials: list[TrialSummary], base: dict[str, Any], uri: str, say) -> None:
+    """Every trial's plots, after its phase: the callbacks drew those of trials Tune stopped;
+    this catches trials that ended under an earlier driver (``--resume``)."""
+    from tsearch.search.trial_plots import complete_plots
+
+    sampler = base["timesteps"]["sampler"]["name"]
+    for t in trials:
+        complete_plots(t.path, t.run_id, uri, t.config.get("timesteps.sampler.name", sampler),
+                       say)
 
 
 def _label(t: TrialSummary) -> str:

@@ -1,7 +1,8 @@
 """Reading searches back from MLflow: `tsearch runs`, `tsearch export`, and closing trial runs.
 
 Reading never creates anything: a store that is not there is reported (one line), not made. Only
-:func:`close_trial_run`, which the search driver calls, opens the store for writing.
+:func:`close_trial_run` and :func:`add_artifacts`, which the search driver calls, open the store
+for writing.
 """
 
 from __future__ import annotations
@@ -379,6 +380,20 @@ def search_counts(uri: str) -> dict[str, SearchCounts]:
         counts = out.setdefault(parent, SearchCounts(phase=names.PHASE_SEARCH))
         counts.add(row.tags.get(names.TAG_PHASE, names.PHASE_SEARCH), end_reason(row))
     return out
+
+
+def artifact_names(uri: str, run_id: str, folder: str) -> set[str]:
+    """Names of the files in ``folder`` of run ``run_id`` (a listing, nothing downloaded)."""
+    return {entry.path.rpartition("/")[2] for entry in _client(uri).list_artifacts(run_id, folder)
+            if not entry.is_dir}
+
+
+def add_artifacts(uri: str, run_id: str, files: list[Path], folder: str) -> None:
+    """Log ``files`` into ``folder`` of run ``run_id``, ended or not (the search driver adds the
+    plots of trials Tune stopped before they drew them)."""
+    client = _client(uri)
+    for path in files:
+        client.log_artifact(run_id, str(path), folder)
 
 
 def run_summary(row: RunRow) -> dict[str, Any]:

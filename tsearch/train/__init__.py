@@ -5,7 +5,7 @@ Imports neither ray, optuna, mlflow nor ``tsearch.tracking`` (``tests/test_bound
 enforces it): results leave through a ``tsearch.tracker.Tracker`` and the ``on_report`` callback.
 """
 
-from tsearch.train.loop import train
+from tsearch.train.loop import RunStopped, train
 from tsearch.train.rundir import TrainResult
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["RunStopped", "TrainResult", "train"]

@@ -34,6 +34,12 @@ from tsearch.train.stats import LossStats, WallClock, divergence
 ReportFn = Callable[[dict[str, float], Path], None]
 
 
+class RunStopped(BaseException):
+    """Raised by an ``on_report`` callback whose caller stops the run there (Ray Tune's
+    scheduler). ``train`` then ends at once, FINISHED, without drawing its plots: the caller
+    draws them, as its process may be torn down any moment now."""
+
+
 def train(
     cfg: Config,
     *,
@@ -48,6 +54,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     keep_checkpoints: int = 2,
     started: float | None = None,
+    summary: bool = True,
 ) -> TrainResult:
     """Train one diffusion model with the configured timestep sampler and weighting.
 
@@ -60,7 +67,8 @@ def train(
         run_dir: directory for config.json, checkpoints and local metrics (created if None).
         resume: continue from the newest readable checkpoint (exact: same next losses).
         sampler: an already-built sampler (tests); by default built from ``cfg``.
-        on_report: called after each evaluation with its metrics and the checkpoint path.
+        on_report: called after each evaluation with its metrics and the checkpoint path;
+            it may raise :class:`RunStopped` to end the run there.
         evaluate: run ``eval.metrics`` at evaluation points (checkpoints are written either way).
         max_steps: stop after this many optimizer steps (benchmarks, tests).
         log: where one-line messages go (stderr by default).
@@ -69,13 +77,14 @@ def train(
         keep_checkpoints: how many of the newest checkpoints ``checkpoint_dir`` keeps.
         started: ``time.perf_counter()`` when the caller's work began (a trial's set-up is
             its overhead too); the ``perf/*`` shares count from it. Default: now.
+        summary: say the one-line summary at the end (a search's driver says its own).
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     tracker = resilient(tracker or NullTracker(), say)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    status, reason = "FINISHED", None
+    status, reason, plots = "FINISHED", None, True
     st = recorder = bar = None
     start = time.perf_counter() if started is None else started
     try:
@@ -152,6 +161,9 @@ def train(
                 report.update(perf)
                 on_report(report, path)
             clock.lap("other")
+    except RunStopped:
+        plots = False
+        raise
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted by the user"
         raise
@@ -163,14 +175,15 @@ def train(
             bar.close()
         seconds = time.perf_counter() - start
         try:
-            if recorder is not None and st is not None:
+            if plots and recorder is not None and st is not None:
                 recorder.write_plots(st)
         finally:
             tracker.finish(status, reason)
 
     result = TrainResult(run_dir=recorder.dir.path, run_id=tracker.run_id, steps=st.step,
                          kimg=st.kimg, seconds=seconds, evals=st.evals)
-    say(result.summary_line(n_params))
+    if summary:
+        say(result.summary_line(n_params))
     return result
 
 

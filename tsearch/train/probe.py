@@ -8,6 +8,8 @@ images and noise, and hands the :class:`~tsearch.timesteps.ProbeResult` back. Ad
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
@@ -59,6 +61,7 @@ class ProbeRunner:
         """Squared norm of each row's loss gradient, vectorised with torch.func."""
         from torch.func import functional_call, grad, vmap
 
+        _quiet_vmap_fallback()
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         fn, c = self._loss_fn(spec), self.chunk
 
@@ -92,6 +95,14 @@ class ProbeRunner:
         fields = {"before": state["before"], "grad_sq_norm": state.get("grad_sq_norm"), **extra}
         return ProbeResult(spec=spec, forwards=forwards,
                            **{k: None if v is None else v.cpu() for k, v in fields.items()})
+
+
+@functools.cache
+def _quiet_vmap_fallback() -> None:
+    """torch.func has no batching rule for attention on CPU yet and warns at its calls (once a
+    probe, in a search's trials): it then loops over the rows, same gradients, a known cost."""
+    warnings.filterwarnings("ignore", message="There is a performance drop because we have not "
+                            "yet implemented the batching rule", category=UserWarning)
 
 
 class ProbeKind:

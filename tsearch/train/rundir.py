@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,26 +153,96 @@ class RunRecorder:
 
     def write_plots(self, state: TrainState) -> None:
         """Heatmap of p(t) and the FID curve (written even when the run failed)."""
-        from tsearch import plots
-
-        pt, name = state.pt_history, self.cfg.timesteps.sampler.name
-        if len(pt.kimgs):
-            heat = plots.plot_timestep_heatmap(pt.kimgs, np.asarray(pt.matrix), self.dir.heatmap,
-                                               title=f"p(t) over training: {name}")
-            self.tracker.log_artifact(heat, names.ARTIFACT_PLOTS)
         wt = state.wt_history
-        if len(wt.kimgs):
-            heat = plots.plot_timestep_heatmap(
-                wt.kimgs, np.asarray(wt.matrix) / state.schedule.num_timesteps,
-                self.dir.weight_heatmap,
-                title=f"learned weight w(t) over training: {state.weighting.name}")
-            self.tracker.log_artifact(heat, names.ARTIFACT_PLOTS)
-        fids = [(k, m[names.FID]) for k, m in state.evals if names.FID in m]
-        if fids:
-            kimgs, values = zip(*fids, strict=True)
-            curve = plots.plot_fid_curve({name: (kimgs, values)}, self.dir.fid_curve,
-                                         title="FID vs kimg")
-            self.tracker.log_artifact(curve, names.ARTIFACT_PLOTS)
+        drawn = draw_plots(
+            self.dir, sampler=self.cfg.timesteps.sampler.name,
+            weighting=state.weighting.name, num_timesteps=state.schedule.num_timesteps,
+            pt=(state.pt_history.kimgs, state.pt_history.matrix),
+            wt=(wt.kimgs, wt.matrix) if len(wt.kimgs) else None,
+            fids=[(k, m[names.FID]) for k, m in state.evals if names.FID in m])
+        for path in drawn:
+            self.tracker.log_artifact(path, names.ARTIFACT_PLOTS)
+
+
+PlotRows = tuple[Sequence[float], Sequence[Any]]  # (kimg of each snapshot, its row over t)
+
+
+def draw_plots(run_dir: names.RunDir, *, sampler: str, weighting: str, num_timesteps: int,
+               pt: PlotRows | None, wt: PlotRows | None,
+               fids: Sequence[tuple[float, float]]) -> list[Path]:
+    """Draw a run's plots into its directory; returns the files drawn.
+
+    The p(t) heatmap (if p(t) was snapshot), the learned w(t) heatmap (a learned weighting)
+    and the FID curve (if FID was computed). One drawing for the trainer and for a search's
+    driver, which draws them from the run's files for trials Tune stopped.
+    """
+    from tsearch import plots
+
+    drawn = []
+    if pt is not None and len(pt[0]):
+        drawn.append(plots.plot_timestep_heatmap(pt[0], np.asarray(pt[1]), run_dir.heatmap,
+                                                 title=f"p(t) over training: {sampler}"))
+    if wt is not None and len(wt[0]):
+        drawn.append(plots.plot_timestep_heatmap(
+            wt[0], np.asarray(wt[1]) / num_timesteps, run_dir.weight_heatmap,
+            title=f"learned weight w(t) over training: {weighting}"))
+    if fids:
+        kimgs, values = zip(*fids, strict=True)
+        drawn.append(plots.plot_fid_curve({sampler: (kimgs, values)}, run_dir.fid_curve,
+                                          title="FID vs kimg"))
+    return drawn
+
+
+def plot_names(run_dir: str | Path) -> list[str]:
+    """File names of the plots a run's records call for (see :func:`draw_plots`)."""
+    rd = names.RunDir(run_dir)
+    return [p.name for p, needed in ((rd.heatmap, _has_rows(rd.timesteps, "kimg")),
+                                     (rd.weight_heatmap, _has_rows(rd.timesteps, "weight_kimg")),
+                                     (rd.fid_curve, bool(_recorded_fids(rd.metrics))))
+            if needed]
+
+
+def draw_plots_from_files(run_dir: str | Path) -> list[Path]:
+    """Draw a run's plots from its directory's records (config.json, timesteps.npz,
+    metrics.jsonl), for a run whose own process ended before drawing them."""
+    rd = names.RunDir(run_dir)
+    raw = json.loads(rd.config.read_text())
+    pt = wt = None
+    if rd.timesteps.is_file():
+        with np.load(rd.timesteps) as npz:
+            if "kimg" in npz:
+                pt = (npz["kimg"].tolist(), npz["probs"])
+            if "weight_kimg" in npz:
+                wt = (npz["weight_kimg"].tolist(), npz["weights"])
+    return draw_plots(rd, sampler=raw["timesteps"]["sampler"]["name"],
+                      weighting=raw["timesteps"]["weighting"]["name"],
+                      num_timesteps=int(raw["diffusion"]["num_timesteps"]), pt=pt, wt=wt,
+                      fids=_recorded_fids(rd.metrics))
+
+
+def _has_rows(npz_path: Path, key: str) -> bool:
+    if not npz_path.is_file():
+        return False
+    try:
+        with np.load(npz_path) as npz:
+            return key in npz and npz[key].size > 0
+    except (OSError, ValueError):  # cut short by a kill: nothing to draw from
+        return False
+
+
+def _recorded_fids(path: Path) -> list[tuple[float, float]]:
+    """(kimg, FID) of each evaluation in a metrics.jsonl, in order, each point once."""
+    fids: dict[int, float] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if names.FID in record and isinstance(record.get("images_seen"), int):
+            fids.setdefault(record["images_seen"], float(record[names.FID]))
+    return [(seen / 1000, fid) for seen, fid in sorted(fids.items())]
 
 
 def _recorded_keys(path: Path) -> set[tuple[int, tuple[str, ...]]]:
