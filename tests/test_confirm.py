@@ -338,7 +338,11 @@ def test_confirm_seeds_used_by_the_search_are_one_line(capfd):
     assert_one_line(result, "search.confirm.seeds [0] are also training seeds")
     result = run_cli(capfd, "search", str(QUICKSTART), "--set", "search.num_samples=5",
                      "--dry-run")
-    assert_one_line(result, "seed_with_defaults adds 7 points", "search.num_samples = 5")
+    from tsearch.timesteps import SAMPLERS
+
+    # quickstart.yaml searches every sampler: one default point each.
+    assert_one_line(result, f"seed_with_defaults adds {len(SAMPLERS)} points",
+                    "search.num_samples = 5")
     result = run_cli(capfd, "search", str(SMOKE), "--set", "search.confirm.enabled=true",
                      "--set", "search.confirm.set={model.channels: [7, 9]}", "--dry-run")
     assert_one_line(result, "search.confirm.set")
