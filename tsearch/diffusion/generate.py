@@ -43,6 +43,13 @@ def per_image_noise(
     return torch.stack([randn_tensor((n, *shape), generator=gens) for _ in range(num_draws)], 1)
 
 
+def _check_method(schedule: NoiseSchedule, method: str) -> None:
+    if schedule.process == "flow" and method not in FLOW_METHODS:
+        raise ValueError(f"method {method!r} is not a flow sampler; euler or heun")
+    if schedule.process != "flow" and method not in VP_METHODS:
+        raise ValueError(f"method {method!r} is not a vp sampler; ddim or ddpm")
+
+
 def make_scheduler(
     schedule: NoiseSchedule, method: str, steps: int, prediction: str = "eps"
 ) -> SchedulerMixin:
@@ -56,10 +63,9 @@ def make_scheduler(
     """
     import diffusers
 
+    _check_method(schedule, method)
     T = schedule.num_timesteps
     if schedule.process == "flow":
-        if method not in FLOW_METHODS:
-            raise ValueError(f"method {method!r} is not a flow sampler; euler or heun")
         if method == "euler":
             scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=T)
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1])
@@ -70,8 +76,6 @@ def make_scheduler(
             scheduler.set_timesteps(steps)
         scheduler.set_begin_index(0)
         return scheduler
-    if method not in VP_METHODS:
-        raise ValueError(f"method {method!r} is not a vp sampler; ddim or ddpm")
     common = dict(num_train_timesteps=T, trained_betas=schedule.betas, clip_sample=True,
                   clip_sample_range=1.0, prediction_type=_PREDICTION_TYPES[prediction],
                   timestep_spacing="leading", steps_offset=0)
@@ -114,7 +118,7 @@ def generate_images(
     the last, 2 * steps - 1 evaluations); the network sees s * T, as in training.
     """
     device = torch.device(device)
-    make_scheduler(schedule, method, steps, prediction)  # validates method before any work
+    _check_method(schedule, method)  # before any work
     from diffusers.utils.torch_utils import randn_tensor
 
     flow = schedule.process == "flow"

@@ -135,11 +135,6 @@ class NoiseSchedule:
         """EDM-style noise level sigma_t = sqrt((1 - abar_t) / abar_t) = SNR^(-1/2)."""
         return 1.0 / np.sqrt(self.snr)
 
-    @property
-    def flow_time(self) -> np.ndarray:
-        """Rectified-flow t at each index's cell middle (only meaningful for process "flow")."""
-        return flow_times(self.num_timesteps)
-
     # --- posterior and VLB ------------------------------------------------------------------
     @property
     def posterior_variance(self) -> np.ndarray:
