@@ -160,6 +160,18 @@ def _all_experiment_ids(client) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
+def _search_all(client, experiment_ids: list[str], query: str) -> list:
+    """Every run matching ``query``, page by page (one search_runs call returns at most a page)."""
+    runs, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
 def list_searches(uri: str) -> list[RunRow]:
     """Parent runs of every search in the store, newest first."""
     client = _client_for(uri)
@@ -189,10 +201,8 @@ def find_search(uri: str, ref: str | None) -> RunRow:
 def trial_runs(uri: str, parent: RunRow) -> list[RunRow]:
     """Child runs of a search, best FID first (metric eval/fid: the last logged value)."""
     client = _client_for(uri)
-    runs = client.search_runs([parent.experiment_id],
-                              f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'",
-                              max_results=5000)
-    rows = _rows(runs)
+    rows = _rows(_search_all(client, [parent.experiment_id],
+                             f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'"))
     for row in rows:  # the best FID over the run, not the last one
         history = client.get_metric_history(row.run_id, names.FID)
         finite = [m.value for m in history if math.isfinite(m.value)]
@@ -363,15 +373,8 @@ class SearchCounts:
 def search_counts(uri: str) -> dict[str, SearchCounts]:
     """Every search's :class:`SearchCounts`, by parent run id, from one listing of trial runs."""
     client = _client_for(uri)
-    ids = _all_experiment_ids(client)
-    runs, token = [], None
-    while ids:
-        page = client.search_runs(ids, f"tags.`{names.TAG_KIND}` = '{names.KIND_TRIAL}'",
-                                  max_results=5000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = _search_all(client, _all_experiment_ids(client),
+                       f"tags.`{names.TAG_KIND}` = '{names.KIND_TRIAL}'")
     out: dict[str, SearchCounts] = {}
     for row in _rows(runs):
         parent = row.tags.get(names.TAG_PARENT_RUN)
@@ -492,15 +495,8 @@ def search_trials(uri: str, ref: str | None) -> tuple[RunRow, list[TrialRecord]]
     """
     client = _client_for(uri)
     parent = find_search(uri, ref)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([parent.experiment_id],
-                                  f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'",
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = _search_all(client, [parent.experiment_id],
+                       f"tags.`{names.TAG_PARENT_RUN}` = '{parent.run_id}'")
     records = [TrialRecord(
         run_id=run.info.run_id,
         trial_id=run.data.tags.get(names.TAG_TRIAL_ID) or run.info.run_name or "",
