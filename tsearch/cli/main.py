@@ -41,7 +41,7 @@ ConfigArg = Annotated[
 
 
 def _load(config: Path | None, overrides: list[str] | None):
-    from tsearch.config import load_config
+    from tsearch.timesteps import load_config
 
     return load_config(config, overrides or [])
 
@@ -111,7 +111,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one model with one timestep sampler (no Ray needed)."""
-    from tsearch.config import load_config
+    from tsearch.timesteps import load_config
 
     run_dir = None
     if resume is not None:
@@ -642,9 +642,9 @@ def timesteps_show(
 ) -> None:
     """Print a sampler's p(t) and a weighting's w(t), and plot them, before training."""
     from tsearch import plots
-    from tsearch.config import EvalConfig, load_config
+    from tsearch.config import EvalConfig
     from tsearch.diffusion.schedule import NoiseSchedule
-    from tsearch.timesteps import build_sampler, build_weighting
+    from tsearch.timesteps import build_sampler, build_weighting, load_config
     from tsearch.timesteps.preview import describe, profiles, weight_summary
 
     path = output or Path("tsearch-runs") / f"show-{name}-{weighting}.png"

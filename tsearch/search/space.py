@@ -35,7 +35,6 @@ smaller ``diffusion.num_timesteps``) are one line at plan time, not a failed tri
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import random
@@ -53,9 +52,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from tsearch.config import Config, validate_config
+from tsearch.config import Config, get_dotted, merge_flat, validation_context
 from tsearch.errors import ConfigError
-from tsearch.timesteps import SAMPLERS, WEIGHTINGS
+from tsearch.timesteps import SAMPLERS, WEIGHTINGS, resolve_params, validate_config
 
 _PLUGIN_KEYS = {"timesteps.sampler": SAMPLERS, "timesteps.weighting": WEIGHTINGS}
 
@@ -112,25 +111,6 @@ class ParamSpec(BaseModel):
         return list(self.choice) if self.choice is not None else None
 
 
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def merge_flat(base: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the base config dict with each dotted key of ``flat`` set."""
-    raw = copy.deepcopy(dict(base))
-    for key, value in flat.items():
-        set_dotted(raw, key, value)
-    return raw
-
-
 def _config_field(key: str) -> FieldInfo | None:
     """The pydantic field a dotted config key names, or None."""
     cls: Any = Config
@@ -165,7 +145,7 @@ def check_values(key: str, spec: ParamSpec, field: FieldInfo, owner: str = "") -
         return
     for value in probes:
         try:
-            adapter.validate_python(value)
+            adapter.validate_python(value, context=validation_context(resolve_params))
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
             kind = ("float" if spec.float_range else "int") if spec.values() is None else "choice"
@@ -464,14 +444,14 @@ def default_point(space: SearchSpace, base: Mapping[str, Any], sampler: str) -> 
                 continue
             value = params[name]
         elif key.startswith(_WEIGHTING_PARAM):
-            weighting = point.get(WEIGHTING_KEY, _dotted(base, WEIGHTING_KEY))
+            weighting = point.get(WEIGHTING_KEY, get_dotted(base, WEIGHTING_KEY))
             defaults = WEIGHTINGS[weighting].Params().model_dump(mode="json")
             name = key[len(_WEIGHTING_PARAM):]
             if name not in defaults:
                 continue
             value = defaults[name]
         else:
-            value = _dotted(base, key)
+            value = get_dotted(base, key)
         if spec.choice is not None and value not in spec.choice:
             continue
         point[key] = value
@@ -495,9 +475,3 @@ def default_points(space: SearchSpace, base: Mapping[str, Any],
             points.append(point)
     return points
 
-
-def _dotted(raw: Mapping[str, Any], key: str) -> Any:
-    value: Any = raw
-    for part in key.split("."):
-        value = value[part]
-    return value

@@ -452,8 +452,7 @@ def _finish_confirm(parent, result: SearchResult, base: dict[str, Any], exp_path
                     overrides: dict[str, Any]) -> None:
     """The confirmed ranking, its curves and the winner's config on the parent run."""
     from tsearch import plots
-    from tsearch.config import portable_dict
-    from tsearch.search.space import merge_flat
+    from tsearch.config import merge_flat, portable_dict
 
     conf = result.confirmation
     assert conf is not None
@@ -668,8 +667,7 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     import numpy as np
 
     from tsearch import plots
-    from tsearch.config import portable_dict
-    from tsearch.search.space import merge_flat
+    from tsearch.config import merge_flat, portable_dict
 
     out = exp_path / names.SEARCH_SUMMARY_SUBDIR
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,10 @@ from tsearch.timesteps.registry import (
     WEIGHTINGS,
     build_sampler,
     build_weighting,
+    load_config,
+    load_resolved,
+    resolve_params,
+    validate_config,
 )
 
 __all__ = [
@@ -31,4 +35,8 @@ __all__ = [
     "build_sampler",
     "build_weighting",
     "from_config",
+    "load_config",
+    "load_resolved",
+    "resolve_params",
+    "validate_config",
 ]

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import torch
 
-from tsearch.config import Config, apply_overlays, load_config, validate_config
+from tsearch.config import Config, apply_overlays
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.seeding import derive_seed
 from tsearch.timesteps.base import Draw, LossWeighting, StepContext, TimestepSampler
-from tsearch.timesteps.registry import build_sampler, build_weighting
+from tsearch.timesteps.registry import (
+    build_sampler,
+    build_weighting,
+    load_config,
+    validate_config,
+)
 
 
 @dataclass

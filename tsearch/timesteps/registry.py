@@ -4,23 +4,21 @@ Names, once committed, never change meaning: MLflow runs refer to them (the impr
 rule for schedules). Hyperparameters are typed ``Params`` fields, never parts of names. Adding a
 sampler or weighting is one file plus one line here; the conformance suite picks it up.
 
-This module also hands ``tsearch.config`` the parser that types a section's ``params`` when a
-config is validated (config cannot import the plugins).
+This module also types a config section's ``params`` by the plugin it names
+(:func:`resolve_params`, the resolver ``tsearch.config`` takes at validation, since config
+cannot import the plugins), and binds it to config's loaders for every layer above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from tsearch.config import (
-    SamplerConfig,
-    WeightingConfig,
-    format_validation_error,
-    register_params_parser,
-)
+from tsearch import config
+from tsearch.config import Config, SamplerConfig, WeightingConfig, format_validation_error
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import ConfigError
 from tsearch.timesteps.adaptive import AdaptiveSampler
@@ -77,29 +75,44 @@ def _lookup(kind: str, registry: dict[str, Any], name: str) -> Any:
     return registry[name]
 
 
-def _parser(kind: str, registry: dict[str, Any]):
-    def parse(name: str, raw: Any) -> Params:
-        """``raw`` (a mapping, or the plugin's own Params) as the plugin's Params."""
-        cls = _lookup(kind, registry, name)
-        if isinstance(raw, cls.Params):
-            return raw
-        if isinstance(raw, Params) or not isinstance(raw, Mapping):
-            raise ConfigError(f"config error: timesteps.{kind}.params must be a mapping of "
-                              f"{name}'s hyperparameters, got {type(raw).__name__}")
-        try:
-            return cls.Params.model_validate(dict(raw))
-        except ValidationError as exc:
-            msg = format_validation_error(exc, prefix=f"timesteps.{kind}.params.")
-            if "unknown key" in msg:
-                allowed = ", ".join(sorted(cls.Params.model_fields)) or "(none)"
-                msg = msg.split(";")[0] + f"; {cls.name} accepts: {allowed}"
-            raise ConfigError(msg) from None
-
-    return parse
+_REGISTRIES: dict[str, dict[str, Any]] = {"sampler": SAMPLERS, "weighting": WEIGHTINGS}
 
 
-register_params_parser("sampler", _parser("sampler", SAMPLERS))
-register_params_parser("weighting", _parser("weighting", WEIGHTINGS))
+def resolve_params(kind: str, name: str, raw: Any) -> Params:
+    """``raw`` (a mapping, or the plugin's own Params) as the ``kind`` plugin ``name``'s Params.
+
+    The resolver :func:`tsearch.config.validate_config` takes as ``params=``.
+    """
+    cls = _lookup(kind, _REGISTRIES[kind], name)
+    if isinstance(raw, cls.Params):
+        return raw
+    if isinstance(raw, Params) or not isinstance(raw, Mapping):
+        raise ConfigError(f"config error: timesteps.{kind}.params must be a mapping of "
+                          f"{name}'s hyperparameters, got {type(raw).__name__}")
+    try:
+        return cls.Params.model_validate(dict(raw))
+    except ValidationError as exc:
+        msg = format_validation_error(exc, prefix=f"timesteps.{kind}.params.")
+        if "unknown key" in msg:
+            allowed = ", ".join(sorted(cls.Params.model_fields)) or "(none)"
+            msg = msg.split(";")[0] + f"; {cls.name} accepts: {allowed}"
+        raise ConfigError(msg) from None
+
+
+def validate_config(raw: Mapping[str, Any]) -> Config:
+    """:func:`tsearch.config.validate_config` with the registered plugins' params."""
+    return config.validate_config(raw, params=resolve_params)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                overlays: Iterable[str | Path] = ()) -> Config:
+    """:func:`tsearch.config.load_config` with the registered plugins' params."""
+    return config.load_config(path, overrides, overlays, params=resolve_params)
+
+
+def load_resolved(path: str | Path) -> Config:
+    """:func:`tsearch.config.load_resolved` with the registered plugins' params."""
+    return config.load_resolved(path, params=resolve_params)
 
 
 def build_sampler(cfg: SamplerConfig, schedule: NoiseSchedule, seed: int) -> TimestepSampler:
