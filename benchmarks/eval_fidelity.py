@@ -49,8 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tsearch import names  # noqa: E402
-from tsearch.config import Config, load_config  # noqa: E402
+from tsearch.config import Config  # noqa: E402
 from tsearch.data import resolved_channels  # noqa: E402
+from tsearch.timesteps import load_config  # noqa: E402
 
 THRESHOLD = 0.95  # rank correlation a cheaper setting must reach (issue 15)
 REFERENCE_SEED_OFFSET = 1_000_000  # reference latents disjoint from the cheap settings' latents

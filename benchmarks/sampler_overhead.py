@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tsearch import names  # noqa: E402
-from tsearch.config import load_config  # noqa: E402
-from tsearch.timesteps import SAMPLERS  # noqa: E402
+from tsearch.timesteps import SAMPLERS, load_config  # noqa: E402
 from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
 

@@ -44,9 +44,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tsearch.config import load_config  # noqa: E402
+from tsearch.config import merge_flat  # noqa: E402
 from tsearch.report.curves import kimg_to_target  # noqa: E402
-from tsearch.search.space import merge_flat  # noqa: E402
+from tsearch.timesteps import load_config  # noqa: E402
 
 ALGORITHMS: dict[str, list[str]] = {  # label -> overrides of the search config
     "random_full": ["search.algorithm=random", "search.asha.enabled=false",
@@ -143,7 +143,7 @@ def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Pa
 def _confirm_run(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, float | None]:
     """One confirmation training (its own process, one thread): final FID on ``seed``."""
     config, values, seed, work = args
-    from tsearch.config import validate_config
+    from tsearch.timesteps import validate_config
     from tsearch.train import train
 
     base = load_config(config).to_dict()

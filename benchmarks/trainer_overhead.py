@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tsearch import names  # noqa: E402
-from tsearch.config import load_config  # noqa: E402
 from tsearch.data import InfiniteLoader, load_images  # noqa: E402
 from tsearch.diffusion.model import build_model  # noqa: E402
+from tsearch.timesteps import load_config  # noqa: E402
 from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
 

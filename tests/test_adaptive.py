@@ -176,7 +176,7 @@ def test_state_round_trip_continues_identically(tmp_path):
 
 @pytest.mark.slow
 def test_trains_single_process_through_the_real_trainer(tmp_path):
-    from tsearch.config import load_config
+    from tsearch.timesteps import load_config
     from tsearch.tracker import NullTracker
     from tsearch.train import train
 

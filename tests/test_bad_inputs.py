@@ -28,8 +28,8 @@ import torch
 from cli_harness import assert_one_line, run_cli
 
 from tsearch import names
-from tsearch.config import load_config
 from tsearch.diffusion.schedule import NoiseSchedule
+from tsearch.timesteps import load_config
 from tsearch.timesteps.registry import build_sampler, build_weighting
 from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.weighting import SpeedWeighting
@@ -225,9 +225,9 @@ def test_small_aliases_still_work(cfg_dir, capfd):
     (cfg_dir / "a.yaml").write_text(BASE + "tracking: &t {experiment: shared}\n")
     assert run_cli(capfd, "train", "a.yaml", "--dry-run").code == 0
     # A merge key's values may be overridden: that is its purpose, not a duplicate key.
-    from tsearch.config import _load_yaml
+    from tsearch.config.reader import load_yaml
 
-    merged = _load_yaml("base: &b {seed: 1, threads: 1}\ntrain: {<<: *b, seed: 2}\n")
+    merged = load_yaml("base: &b {seed: 1, threads: 1}\ntrain: {<<: *b, seed: 2}\n")
     assert merged["train"] == {"seed": 2, "threads": 1}
 
 

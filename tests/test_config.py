@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
@@ -16,15 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from tsearch.config import (
-    Config,
-    apply_overrides,
-    load_config,
-    load_resolved,
-    save_resolved,
-    validate_config,
-)
+from tsearch import config
+from tsearch.config import Config, apply_overrides, save_resolved
 from tsearch.errors import ConfigError
+from tsearch.timesteps import load_config, load_resolved, resolve_params, validate_config
 from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.uniform import UniformSampler
 
@@ -59,7 +55,7 @@ def test_plugin_params_are_typed_once_and_written_back_as_given():
 
 
 def test_frozen():
-    cfg = Config()
+    cfg = load_config(None)
     with pytest.raises(ValidationError):
         cfg.train.batch_size = 3  # type: ignore[misc]
 
@@ -135,8 +131,47 @@ def test_fuzzed_values_either_validate_or_give_one_line(field, value):
         msg = str(exc)
         assert msg.startswith("config error:") and "\n" not in msg
         assert field in msg or "divisible" in msg or "exceeds" in msg
-    else:
-        assert isinstance(cfg, Config)
+    else:  # accepted: the config holds the value given, and what it writes back validates alike
+        held = getattr(getattr(cfg, section), key)
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            assert held == value
+        assert validate_config(cfg.to_dict()) == cfg
+
+
+LEAVES = ("tsearch.errors", "tsearch.labels", "tsearch.names", "tsearch.seeding")
+
+
+def test_config_imports_no_torch_and_no_plugin():
+    """config is a leaf at run time too; the plugin resolver, imported after it, types params."""
+    code = textwrap.dedent(f"""
+        import sys
+        import tsearch.config
+        mine = ("tsearch", "tsearch.config", *{LEAVES!r})
+        outside = [m for m in sys.modules if m.split(".")[0] == "tsearch"
+                   and m not in mine and not m.startswith("tsearch.config.")]
+        assert "torch" not in sys.modules and not outside, outside
+        from tsearch.timesteps import resolve_params
+        from tsearch.timesteps.speed import SpeedSampler
+        raw = {{"timesteps": {{"sampler": {{"name": "speed", "params": {{"k": 5}}}}}}}}
+        cfg = tsearch.config.validate_config(raw, params=resolve_params)
+        assert cfg.timesteps.sampler.params == SpeedSampler.Params(k=5), cfg.timesteps
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_validating_without_a_resolver_is_an_immediate_error():
+    """Never silently untyped params: the resolver is required, and pydantic alone refuses."""
+    with pytest.raises(TypeError, match="params"):
+        config.validate_config({})  # type: ignore[call-arg]
+    for build in (Config, lambda: Config.model_validate({"train": {"total_kimg": 1}})):
+        with pytest.raises(RuntimeError, match="no resolver for the sampler's params"):
+            build()
+    given = config.load_config(None, ["timesteps.sampler.name=speed"], params=resolve_params)
+    assert given.timesteps.sampler.params == SpeedSampler.Params()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -23,12 +23,11 @@ import pytest
 import yaml
 
 from tsearch import names
-from tsearch.config import load_config
 from tsearch.search import confirm as confirming
 from tsearch.search.algorithms import get_algorithm
 from tsearch.search.space import SearchSpace, default_points
 from tsearch.search.tuner import TrialSummary, asha_milestones, base_config, plan
-from tsearch.timesteps import SAMPLERS
+from tsearch.timesteps import SAMPLERS, load_config
 from tsearch.train.points import At
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tsearch.config import load_config
+from tsearch.timesteps import load_config
 from tsearch.tracking import build_tracker
 from tsearch.train import train
 

@@ -16,9 +16,9 @@ import yaml
 from cli_harness import run_cli
 
 from tsearch import names
-from tsearch.config import load_config, merge_overlay
+from tsearch.config import merge_overlay
 from tsearch.errors import ConfigError
-from tsearch.timesteps import from_config
+from tsearch.timesteps import from_config, load_config
 from tsearch.tracking import MlflowTracker
 from tsearch.tracking.queries import find_search
 

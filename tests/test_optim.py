@@ -20,7 +20,8 @@ import torch
 from cli_harness import assert_one_line, run_cli
 from pydantic import ValidationError
 
-from tsearch.config import MomentumDecayConfig, OptimConfig, load_config
+from tsearch.config import MomentumDecayConfig, OptimConfig
+from tsearch.timesteps import load_config
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.optim import apply_schedule, beta1_at, build_optimizer, schedule_at

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tsearch import names
-from tsearch.config import load_config
 from tsearch.errors import ConfigError
 from tsearch.search import timing
+from tsearch.timesteps import load_config
 from tsearch.train import stats, train
 from tsearch.train.stats import WallClock
 

@@ -14,13 +14,20 @@ import pytest
 import torch
 
 from tsearch import names
-from tsearch.config import ModelConfig, load_config
+from tsearch.config import ModelConfig
 from tsearch.diffusion.model import build_model
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import ConfigError
 from tsearch.metrics import EVALUATIONS, EvalSetting, Evaluation, build_evaluations
 from tsearch.metrics.evaluation import generate_for_eval
-from tsearch.timesteps import Draw, ProbeResult, ProbeSpec, StepContext, TimestepSampler
+from tsearch.timesteps import (
+    Draw,
+    ProbeResult,
+    ProbeSpec,
+    StepContext,
+    TimestepSampler,
+    load_config,
+)
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.probe import PROBE_KINDS, ProbeKind, ProbeRunner

@@ -338,8 +338,8 @@ def test_grid_search_runs_exactly_its_cells(tmp_path):
 def test_random_search_draws_the_seeded_sequence(tmp_path):
     import optuna
 
-    from tsearch.config import load_config
     from tsearch.search.space import SearchSpace
+    from tsearch.timesteps import load_config
 
     space = "search.space={optim.lr: {float: [1.0e-3, 3.0e-3], log: true}}"
     args = ["--set", space, "--set", "search.algorithm=random", "--set", "search.seed=11",

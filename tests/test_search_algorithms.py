@@ -12,10 +12,11 @@ import pytest
 from mlflow import MlflowClient
 
 from tsearch import names
-from tsearch.config import Config, load_config
+from tsearch.config import Config
 from tsearch.search.algorithms import ALGORITHMS, Proposal, SearchAlgorithm
 from tsearch.search.space import GRID_KEY, SearchSpace
 from tsearch.search.tuner import SearchResult, plan, run_search
+from tsearch.timesteps import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tsearch.config import load_config
 from tsearch.errors import ConfigError
 from tsearch.search.space import SearchSpace
 from tsearch.search.tuner import plan
+from tsearch.timesteps import load_config
 
 SPACE = {
     "method": {"bundle": {"u": {"timesteps.sampler.name": "uniform"},

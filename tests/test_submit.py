@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tsearch.config import load_config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.search.submit import dashboard_address, entrypoint, job_env
+from tsearch.timesteps import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"

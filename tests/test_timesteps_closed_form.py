@@ -7,7 +7,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tsearch.config import load_config
 from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule
 from tsearch.errors import ConfigError
 from tsearch.timesteps import (
@@ -16,6 +15,7 @@ from tsearch.timesteps import (
     Draw,
     ProbeResult,
     StepContext,
+    load_config,
 )
 from tsearch.timesteps.curriculum import CurriculumSampler
 from tsearch.timesteps.gradvar import GradVarSampler

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tsearch.config import load_config
 from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps import SAMPLERS, WEIGHTINGS, Draw, StepContext
+from tsearch.timesteps import SAMPLERS, WEIGHTINGS, Draw, StepContext, load_config
 from tsearch.timesteps.importance import LossSecondMomentSampler
 from tsearch.timesteps.weighting import VLBWeighting
 from tsearch.tracker import NullTracker

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tsearch.config import load_config
 from tsearch.errors import CheckpointError, DivergenceError, TsearchError
-from tsearch.timesteps import Draw, ProbeSpec, StepContext, TimestepSampler
+from tsearch.timesteps import Draw, ProbeSpec, StepContext, TimestepSampler, load_config
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.checkpoint import list_checkpoints

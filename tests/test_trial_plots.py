@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tsearch.config import load_config
 from tsearch.search.trial_plots import complete_plots
+from tsearch.timesteps import load_config
 from tsearch.tracking import MlflowTracker
 from tsearch.train import RunStopped, train
 from tsearch.train.rundir import plot_names

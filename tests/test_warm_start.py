@@ -18,11 +18,12 @@ import pytest
 from cli_harness import assert_one_line, run_cli
 
 from tsearch import names
-from tsearch.config import Config, load_config
+from tsearch.config import Config
 from tsearch.errors import ConfigError
 from tsearch.search.algorithms import WarmTrial, get_algorithm
 from tsearch.search.space import SearchSpace
 from tsearch.search.warm import point_of, value_at_budget, warm_trials
+from tsearch.timesteps import load_config
 from tsearch.tracker import flatten_params
 
 ROOT = Path(__file__).resolve().parents[1]
