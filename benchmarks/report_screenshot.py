@@ -1,6 +1,6 @@
 """A `tsearch report` page as headless Chromium shows it, saved as a PNG (the README's picture).
 
-Opens DIR/report.html with :mod:`tsearch.report.browser` (the driver the browser test uses),
+Opens DIR/report.html with ``tests/browser.py`` (the driver the browser test uses),
 checks that every figure decoded and every table shows, and saves the page at --width CSS px
 (the top --max-height px of it, if given). Needs Debian's ``chromium`` package.
 
@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tsearch.report.browser import BrowserError, inspect_page  # noqa: E402
+from tests.browser import BrowserError, inspect_page  # noqa: E402
 
 
 def problems(shown: dict) -> list[str]:

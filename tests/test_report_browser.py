@@ -2,7 +2,7 @@
 decodes and shows, and the tables on screen hold the MLflow store's values.
 
 Runs a real tiny grid search (real Ray, real SQLite MLflow store), reports it, and opens
-report.html through :mod:`tsearch.report.browser`. The full-page screenshot goes to
+report.html through ``tests/browser.py``. The full-page screenshot goes to
 ``$TSEARCH_TEST_ARTIFACTS`` (``.ci/run`` sets it) or the test's tmp_path.
 """
 
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import INSTALL_HINT, find_chromium, inspect_page
 from PIL import Image, ImageStat
-
-from tsearch.report.browser import INSTALL_HINT, find_chromium, inspect_page
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"

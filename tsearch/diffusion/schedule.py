@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 SCHEDULES = ("linear", "quad", "cosine", "flow")
-PROCESSES = ("vp", "flow")
 
 
 def linear_betas(num_timesteps: int) -> np.ndarray:

@@ -7,8 +7,8 @@ Analysis and rendering are separate; rendering imports analysis, never the other
   (:func:`build_report`) and their JSON form (:func:`report_json`).
 - :mod:`~tsearch.report.figures`: the PNGs (FID curves, p(t) heatmaps and profiles).
 - :mod:`~tsearch.report.render`: tables, Markdown, HTML, and :func:`write_report`.
-- :mod:`~tsearch.report.browser`: the HTML page in headless Chromium (tests and the README's
-  screenshot only; not imported here).
+
+The page as headless Chromium shows it is checked by the tests' own driver, ``tests/browser.py``.
 """
 
 from __future__ import annotations

@@ -215,6 +215,52 @@ class TimestepSampler(ABC):
         return Draw(t=t, importance_weight=torch.ones(n))
 
 
+class FixedDistributionSampler(TimestepSampler):
+    """A sampler whose p(t) is a closed form of its params, the schedule and at most progress.
+
+    Subclasses implement :meth:`probs_at` only (improved-diffusion's ``weights()``): ``sample``
+    draws from it, ``probs`` reports it. Unless ``depends_on_progress``, it is computed once, at
+    construction (so that a schedule it cannot work with fails there, as a config error).
+    Otherwise it is recomputed from the training progress of every step, and that progress is
+    checkpointed (``state_dict()["progress"]``) so that ``probs()`` after a resume is the
+    distribution last drawn from.
+    """
+
+    depends_on_progress: ClassVar[bool] = False
+
+    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
+        super().__init__(schedule, params, seed)
+        self.progress = 0.0  # of the last sample() with a finite progress
+        self._fixed = None if self.depends_on_progress else self.probs_at(0.0)
+
+    @abstractmethod
+    def probs_at(self, progress: float) -> torch.Tensor:
+        """p(t) at training progress in [0, 1], float64 [T], summing to 1."""
+
+    def _current(self) -> torch.Tensor:
+        return self._fixed if self._fixed is not None else self.probs_at(self.progress)
+
+    def probs(self) -> torch.Tensor:
+        """The distribution at the last progress passed to :meth:`sample` (0 initially)."""
+        return self._current().clone()
+
+    def sample(self, n: int, ctx: StepContext) -> Draw:
+        if self.depends_on_progress and math.isfinite(ctx.progress):
+            self.progress = float(ctx.progress)
+        return self.draw_from(self._current(), n)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.depends_on_progress:
+            state["progress"] = float(self.progress)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.depends_on_progress:
+            self.progress = float(state["progress"])
+
+
 class LossWeighting(ABC):
     """A fixed per-timestep weight w[T] multiplied into the per-sample loss.
 

@@ -14,14 +14,11 @@ reviewer's paraphrase of the paper's best location. Not unbiased (weights are on
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from pydantic import Field, model_validator
 
 from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
+from tsearch.timesteps.base import FixedDistributionSampler, Params
 
 
 class CurriculumParams(Params):
@@ -39,19 +36,19 @@ class CurriculumParams(Params):
         return self
 
 
-class CurriculumSampler(TimestepSampler):
+class CurriculumSampler(FixedDistributionSampler):
     """pi(t) = (1 - lam(progress)) U(t) + lam(progress) N_disc(t; mu, sigma)."""
 
     name = "curriculum"
     Params = CurriculumParams
     unbiased = False
+    depends_on_progress = True
 
     def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
         super().__init__(schedule, params, seed)
         T, pr = self.num_timesteps, self.params
         u = (torch.arange(T, dtype=torch.float64) + 0.5) / T
         self._gauss = torch.softmax(-0.5 * ((u - pr.mu) / pr.sigma) ** 2, dim=0)
-        self._progress = 0.0
 
     def weight_at(self, progress: float) -> float:
         """lam: 0 until ramp_start, linear to final_weight at ramp_end, then constant."""
@@ -63,21 +60,5 @@ class CurriculumSampler(TimestepSampler):
         lam = self.weight_at(progress)
         return (1.0 - lam) / self.num_timesteps + lam * self._gauss
 
-    def probs(self) -> torch.Tensor:
-        """The distribution at the last progress passed to :meth:`sample` (0 initially)."""
-        return self.probs_at(self._progress)
-
-    def sample(self, n: int, ctx: StepContext) -> Draw:
-        if math.isfinite(ctx.progress):
-            self._progress = float(ctx.progress)
-        return self.draw_from(self.probs(), n)
-
     def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "sampler/curriculum_weight": self.weight_at(self._progress)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "progress": float(self._progress)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._progress = float(state["progress"])
+        return {**super().metrics(), "sampler/curriculum_weight": self.weight_at(self.progress)}

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
-from tsearch.timesteps.lognormal import cell_bounds
+from tsearch.timesteps._cells import cell_bounds
+from tsearch.timesteps.base import FixedDistributionSampler, Params
 
 
 class LaplaceParams(Params):
@@ -47,20 +46,13 @@ def log_snr_timestep_probs(log_sigma: np.ndarray, mu: float, scale: float,
     return p / p.sum()
 
 
-class LaplaceSampler(TimestepSampler):
+class LaplaceSampler(FixedDistributionSampler):
     """lambda = log SNR ~ Laplace(mu, b) (or Cauchy(mu, gamma)); nearest timestep; p(t) exact."""
 
     name = "laplace"
     Params = LaplaceParams
     unbiased = False
 
-    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
-        super().__init__(schedule, params, seed)
+    def probs_at(self, progress: float) -> torch.Tensor:
         p = self.params
-        self._p = log_snr_timestep_probs(np.log(schedule.sigma), p.mu, p.scale, p.shape)
-
-    def probs(self) -> torch.Tensor:
-        return self._p.clone()
-
-    def sample(self, n: int, ctx: StepContext) -> Draw:
-        return self.draw_from(self._p, n)
+        return log_snr_timestep_probs(np.log(self.schedule.sigma), p.mu, p.scale, p.shape)

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
-from tsearch.timesteps.lognormal import lognormal_timestep_probs
+from tsearch.timesteps._cells import lognormal_timestep_probs
+from tsearch.timesteps.base import FixedDistributionSampler, Params
 
 
 class LogitNormalParams(Params):
@@ -23,19 +22,12 @@ class LogitNormalParams(Params):
     s: float = Field(1.0, gt=0.0, le=20.0)  # std of logit(t) (SD3: 1)
 
 
-class LogitNormalSampler(TimestepSampler):
+class LogitNormalSampler(FixedDistributionSampler):
     """logit(t) ~ N(m, s^2) in rectified-flow time, i.e. ln sigma ~ N(m, s^2); p(t) exact."""
 
     name = "logit_normal"
     Params = LogitNormalParams
     unbiased = False
 
-    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
-        super().__init__(schedule, params, seed)
-        self._p = lognormal_timestep_probs(np.log(schedule.sigma), self.params.m, self.params.s)
-
-    def probs(self) -> torch.Tensor:
-        return self._p.clone()
-
-    def sample(self, n: int, ctx: StepContext) -> Draw:
-        return self.draw_from(self._p, n)
+    def probs_at(self, progress: float) -> torch.Tensor:
+        return lognormal_timestep_probs(np.log(self.schedule.sigma), self.params.m, self.params.s)

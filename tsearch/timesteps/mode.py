@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.base import Draw, Params, StepContext, TimestepSampler
-from tsearch.timesteps.lognormal import cell_bounds
+from tsearch.timesteps._cells import cell_bounds
+from tsearch.timesteps.base import FixedDistributionSampler, Params
 
 S_MAX = 2.0 / (math.pi - 2.0)  # f stays monotone up to here (f'(u) < 0 on (0, 1))
 
@@ -51,19 +50,12 @@ def mode_timestep_probs(log_sigma: np.ndarray, s: float) -> torch.Tensor:
     return p / p.sum()
 
 
-class ModeSampler(TimestepSampler):
+class ModeSampler(FixedDistributionSampler):
     """SD3's mode sampling in rectified-flow time, nearest timestep in log sigma; p(t) exact."""
 
     name = "mode"
     Params = ModeParams
     unbiased = False
 
-    def __init__(self, schedule: NoiseSchedule, params: Params | None = None, seed: int = 0):
-        super().__init__(schedule, params, seed)
-        self._p = mode_timestep_probs(np.log(schedule.sigma), self.params.s)
-
-    def probs(self) -> torch.Tensor:
-        return self._p.clone()
-
-    def sample(self, n: int, ctx: StepContext) -> Draw:
-        return self.draw_from(self._p, n)
+    def probs_at(self, progress: float) -> torch.Tensor:
+        return mode_timestep_probs(np.log(self.schedule.sigma), self.params.s)

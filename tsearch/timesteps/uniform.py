@@ -8,7 +8,11 @@ from tsearch.timesteps.base import Draw, StepContext, TimestepSampler
 
 
 class UniformSampler(TimestepSampler):
-    """t ~ U{0, ..., T-1} (Ho et al. 2020); importance weights are all 1."""
+    """t ~ U{0, ..., T-1} (Ho et al. 2020); importance weights are all 1.
+
+    Not a ``FixedDistributionSampler``: its ``randint`` draws (those of every run so far) are
+    not the multinomial draws of the same p, and a name never changes meaning.
+    """
 
     name = "uniform"
     unbiased = True

@@ -45,11 +45,6 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely; a missing or corrupt file is a one-line CheckpointError."""
     path = Path(path)

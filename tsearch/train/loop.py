@@ -79,6 +79,7 @@ def train(
             its overhead too); the ``perf/*`` shares count from it. Default: now.
         summary: say the one-line summary at the end (a search's driver says its own).
     """
+    # Set up messages, the tracker, threads and the clock.
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     tracker = resilient(tracker or NullTracker(), say)
     tc = cfg.train
@@ -94,14 +95,7 @@ def train(
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else recorder.dir.checkpoints
         st = build_state(cfg, sampler)
         clock = WallClock(st.device, start)
-        evaluations = rung_evaluations = None
-        if evaluate:
-            setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
-                                  autocast_dtype(st.device, tc.precision))
-            evaluations = build_evaluations(cfg.eval, cfg.data, setting)
-            rung_cfg = _rung_eval(cfg)
-            if rung_cfg is not None:
-                rung_evaluations = build_evaluations(rung_cfg, cfg.data, setting)
+        evaluations, rung_evaluations = _build_evaluations(st) if evaluate else (None, None)
 
         # Resume from the newest readable checkpoint.
         if resume:
@@ -117,14 +111,7 @@ def train(
 
         # Prepare evaluations (reference statistics) before training; optionally evaluate kimg 0.
         if evaluations is not None:
-            tracker.set_tags(evaluations.prepare())
-            if rung_evaluations is not None:
-                rung_evaluations.prepare()
-            if cfg.eval.at_start and st.images_seen == 0:
-                clock.lap("other")
-                _evaluate(st, evaluations, recorder)
-                clock.lap("eval")
-                recorder.snapshot_pt(st)
+            _prepare_evaluations(st, evaluations, rung_evaluations, recorder, clock)
         st.model.train()
         clock.lap("other")
         while st.images_seen < total_images and (max_steps is None or st.step < max_steps):
@@ -140,37 +127,23 @@ def train(
             if not at_eval:
                 continue
 
-            # Evaluate, snapshot p(t), checkpoint, and report to the caller (Ray Tune).
+            # Evaluate.
             clock.lap("train")
-            report = {names.TIME_ATTR: st.kimg, names.REPORT_STEP: float(st.step)}
-            if evaluations is not None:
-                final = st.images_seen >= total_images
-                now = evaluations if final or rung_evaluations is None else rung_evaluations
-                report.update(_evaluate(st, now, recorder))
-                bar.update(st.kimg, metric=evaluations.headline(report))
+            report = _evaluate_point(st, evaluations, rung_evaluations, recorder, bar,
+                                     final=st.images_seen >= total_images)
             clock.lap("eval")
-            recorder.snapshot_pt(st)
-            path = st.save(ckpt_dir, keep=keep_checkpoints)
             eval_points.advance(st.images_seen)
-            perf = clock.metrics()  # up to this report (its upload falls in the next lap)
-            recorder.record(perf, st.images_seen)
-            tracker.flush()
-            if on_report is not None:
-                report.update({k: v for k, v in last.items()
-                               if k.startswith((names.TRAIN_PREFIX, names.COMPUTE_PREFIX))})
-                report.update(perf)
-                on_report(report, path)
+
+            # Snapshot p(t), checkpoint, and report to the caller (Ray Tune).
+            _checkpoint_and_report(st, recorder, clock, report, last, ckpt_dir=ckpt_dir,
+                                   keep=keep_checkpoints, on_report=on_report)
             clock.lap("other")
-    except RunStopped:
-        plots = False
-        raise
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted by the user"
-        raise
-    except Exception as exc:
-        status, reason = "FAILED", exception_reason(exc)
+    except BaseException as exc:
+        # Note how the run ended.
+        status, reason, plots = _ending(exc)
         raise
     finally:
+        # Close the bar, draw the plots and finish the tracker, on every way out.
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
@@ -180,11 +153,83 @@ def train(
         finally:
             tracker.finish(status, reason)
 
+    # Summarise.
     result = TrainResult(run_dir=recorder.dir.path, run_id=tracker.run_id, steps=st.step,
                          kimg=st.kimg, seconds=seconds, evals=st.evals)
     if summary:
         say(result.summary_line(n_params))
     return result
+
+
+def _build_evaluations(st: TrainState) -> tuple[Evaluations, Evaluations | None]:
+    """The configured evaluations, and cheaper ones for the intermediate ``eval.at_kimg`` points."""
+    cfg = st.cfg
+    setting = EvalSetting(st.image_shape, cfg.diffusion.prediction, st.device,
+                          autocast_dtype(st.device, cfg.train.precision))
+    evaluations = build_evaluations(cfg.eval, cfg.data, setting)
+    rung_cfg = _rung_eval(cfg)
+    if rung_cfg is None:
+        return evaluations, None
+    return evaluations, build_evaluations(rung_cfg, cfg.data, setting)
+
+
+def _prepare_evaluations(st: TrainState, evaluations: Evaluations,
+                         rung_evaluations: Evaluations | None, recorder: RunRecorder,
+                         clock: WallClock) -> None:
+    """Reference statistics before the first step (no trial races for them); kimg 0 if asked."""
+    recorder.tracker.set_tags(evaluations.prepare())
+    if rung_evaluations is not None:
+        rung_evaluations.prepare()
+    if st.cfg.eval.at_start and st.images_seen == 0:
+        clock.lap("other")
+        _evaluate(st, evaluations, recorder)
+        clock.lap("eval")
+        recorder.snapshot_pt(st)
+
+
+def _ending(exc: BaseException) -> tuple[str, str | None, bool]:
+    """(status, reason, draw plots) of a run that ``exc`` ended.
+
+    A stopped run (:class:`RunStopped`) is FINISHED without plots: its caller draws them.
+    """
+    if isinstance(exc, RunStopped):
+        return "FINISHED", None, False
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", "interrupted by the user", True
+    if isinstance(exc, Exception):
+        return "FAILED", exception_reason(exc), True
+    return "FINISHED", None, True
+
+
+def _evaluate_point(st: TrainState, evaluations: Evaluations | None,
+                    rung_evaluations: Evaluations | None, recorder: RunRecorder, bar: Progress,
+                    *, final: bool) -> dict[str, float]:
+    """kimg, step and the metrics of an evaluation point: the cheaper rung ones unless final."""
+    report = {names.TIME_ATTR: st.kimg, names.REPORT_STEP: float(st.step)}
+    if evaluations is not None:
+        now = evaluations if final or rung_evaluations is None else rung_evaluations
+        report.update(_evaluate(st, now, recorder))
+        bar.update(st.kimg, metric=evaluations.headline(report))
+    return report
+
+
+def _checkpoint_and_report(st: TrainState, recorder: RunRecorder, clock: WallClock,
+                           report: dict[str, float], last: dict[str, float], *, ckpt_dir: Path,
+                           keep: int, on_report: ReportFn | None) -> None:
+    """Write p(t) and a checkpoint, record the compute shares, then hand ``on_report`` the lot.
+
+    ``report`` (the evaluation's metrics) gains the last interval's train and compute metrics.
+    """
+    recorder.snapshot_pt(st)
+    path = st.save(ckpt_dir, keep=keep)
+    perf = clock.metrics()  # up to this report (its upload falls in the next lap)
+    recorder.record(perf, st.images_seen)
+    recorder.tracker.flush()
+    if on_report is not None:
+        report.update({k: v for k, v in last.items()
+                       if k.startswith((names.TRAIN_PREFIX, names.COMPUTE_PREFIX))})
+        report.update(perf)
+        on_report(report, path)
 
 
 def _rung_eval(cfg: Config) -> EvalConfig | None:

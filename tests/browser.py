@@ -1,6 +1,7 @@
 """The report page as a browser shows it: a headless Chromium driven over the DevTools protocol.
 
-For the browser test and ``benchmarks/report_screenshot.py``; `tsearch report` never imports it.
+Owned by the tests (the browser test, and ``benchmarks/report_screenshot.py`` imports it from
+here); not part of the package, which never drives a browser.
 The protocol runs over a pipe (``--remote-debugging-pipe``: the browser reads commands on its fd 3
 and answers on fd 4), so no port is opened and nothing beyond the standard library is needed.
 The browser is Debian's ``chromium`` package (no browser is downloaded at run time).
