@@ -11,11 +11,12 @@ from mlflow import MlflowClient
 
 from tests.cli_harness import run_cli
 from tsearch import labels, names
+from tsearch.records import TrialRecord
 from tsearch.search.confirm import Confirmation, ConfirmRow
 from tsearch.search.summary import markdown
-from tsearch.search.tuner import SearchResult, TrialSummary
+from tsearch.search.tuner import SearchResult
 from tsearch.tracking import MlflowTracker, ensure_experiment
-from tsearch.tracking.queries import close_trial_run
+from tsearch.tracking.closing import close_trial_run
 
 KIND = "mlflow.experimentKind"
 
@@ -67,9 +68,10 @@ def test_run_names_put_the_method_first_then_short_compact_values():
 
 
 def test_parent_description_is_the_summary_in_markdown():
-    trials = [TrialSummary("t1", "TERMINATED", {"optim.lr": 2e-3}, fids=[(0.2, 80.0),
-                                                                          (0.4, 60.5)]),
-              TrialSummary("t2", "TERMINATED", {"optim.lr": 3e-4}, fids=[(0.2, 95.0)])]
+    trials = [TrialRecord(trial_id="t1", status="TERMINATED", values={"optim.lr": 2e-3},
+                          fid=[(200, 80.0), (400, 60.5)]),
+              TrialRecord(trial_id="t2", status="TERMINATED", values={"optim.lr": 3e-4},
+                          fid=[(200, 95.0)])]
     result = SearchResult(name="s", parent_run_id="p", experiment_path=None, trials=trials,
                           best_config=None, tracking_uri="sqlite:///x", seconds=12.0)
     text = markdown(result)
