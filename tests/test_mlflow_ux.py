@@ -138,16 +138,18 @@ def store(tmp_path_factory) -> str:
                                                  "timesteps.sampler.params.k": 5.0,
                                                  "optim.lr": 0.002}, [(200, 70.0), (400, 50.0)])
     done.finish()  # its last report ended its thread: FINISHED, like a stopped one
-    close_trial_run(uri, "t_done", "FINISHED", "n", names.END_FINISHED, parent.run_id)
+    close_trial_run(uri, "t_done", "FINISHED", "n", end_reason=names.END_FINISHED,
+                    parent_run_id=parent.run_id)
     stopped = _trial(uri, parent.run_id, "t_stop", {"timesteps.sampler.name": "uniform",
                                                     "optim.lr": 0.0003}, [(224, 90.0)])
-    close_trial_run(uri, "t_stop", "FINISHED", "n", names.stopped_at(0.2, asha=True),
-                    parent.run_id)  # the actor went before the run was closed
+    close_trial_run(uri, "t_stop", "FINISHED", "n", end_reason=names.stopped_at(0.2, asha=True),
+                    parent_run_id=parent.run_id)  # the actor went before the run was closed
     stopped.finish()
     failed = _trial(uri, parent.run_id, "t_fail", {"timesteps.sampler.name": "uniform",
                                                    "optim.lr": 1.0}, [])
     failed.finish("FAILED", "loss diverged at step 3")
-    close_trial_run(uri, "t_fail", "FAILED", "n", names.failed_with("error.txt"), parent.run_id)
+    close_trial_run(uri, "t_fail", "FAILED", "n", end_reason=names.failed_with("error.txt"),
+                    parent_run_id=parent.run_id)
     _trial(uri, parent.run_id, "t_run", {"timesteps.sampler.name": "uniform",
                                          "optim.lr": 0.001}, [(200, 75.0)])
     old = _trial(uri, parent.run_id, "t_old", {"timesteps.sampler.name": "uniform",

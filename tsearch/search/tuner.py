@@ -199,8 +199,12 @@ def run_search(
     """
     from tsearch.search.console import configure_driver
     from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray
-    from tsearch.tracking import check_tracking_store, ensure_experiment
-    from tsearch.tracking.mlflow_tracker import resolve_artifact_root, resolve_tracking_uri
+    from tsearch.tracking.store import (
+        check_tracking_store,
+        ensure_experiment,
+        resolve_artifact_root,
+        resolve_tracking_uri,
+    )
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()

@@ -40,6 +40,7 @@ __all__ = [
 
 def build_tracker(
     cfg: TrackingConfig,
+    *,
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,

@@ -12,7 +12,7 @@ from tsearch.tracker import MAX_TAG_VALUE_LENGTH
 from tsearch.tracking.store import all_experiment_ids, retry, write_client
 
 
-def close_trial_run(uri: str, trial_id: str, status: str, note: str,
+def close_trial_run(uri: str, trial_id: str, status: str, note: str, *,
                     end_reason: str | None = None, parent_run_id: str | None = None) -> None:
     """End a trial's child run that Tune ended from outside (e.g. an ASHA stop); record why.
 

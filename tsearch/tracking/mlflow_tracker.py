@@ -59,6 +59,7 @@ class MlflowTracker(FinishOnExit):
         self,
         tracking_uri: str,
         experiment: str = "tsearch",
+        *,
         artifact_root: str | None = None,
         run_name: str | None = None,
         parent_run_id: str | None = None,
