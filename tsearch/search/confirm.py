@@ -188,10 +188,9 @@ def candidates(trials: Sequence[TrialRecord], labels: Sequence[str], top_k: int,
     """The top-k distinct configurations by search FID other than the baseline, then it.
 
     ``trials`` are the search phase's records (from Tune's result grid). A trial that ran the
-    baseline point (its values include the point's) stands for it, so the
-    baseline keeps the values the search gave its unlisted keys and its search FID; when it
-    ranks among the best, the next configuration takes its place, so k configurations are
-    always checked against it.
+    baseline point (its values include the point's) stands for it, so the baseline keeps the
+    values the search gave its unlisted keys and its search FID; when it ranks among the best,
+    the next configuration takes its place, so k configurations are always checked against it.
     """
     ranked = sorted((t for t in trials if math.isfinite(t.best_fid)), key=lambda t: t.best_fid)
 
