@@ -132,11 +132,10 @@ def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Pa
             f"tracking.artifact_root={tmp}/artifacts", f"eval.cache_dir={work}/cache"])
         result = run_search(cfg, Path(config))
     events = [(ts, t.trial_id, k, f) for t in result.trials
-              for ts, (k, f) in zip(t.times, t.fids, strict=True)]
+              for ts, (k, f) in zip(t.fid_times, t.fid_by_kimg, strict=True)]
     return {"algorithm": algo, "seed": seed, "num_samples": num_samples,
             "seconds": result.seconds, "events": events,
-            "trials": {t.trial_id: {k: v for k, v in t.config.items()}
-                       for t in result.trials},
+            "trials": {t.trial_id: dict(t.values) for t in result.trials},
             "trial_kimg": sum(t.kimg for t in result.trials)}
 
 

@@ -61,12 +61,12 @@ def main() -> None:
     parent = find_search(args.tracking_uri, args.search)
     by_phase: dict[str, list[dict[str, Any]]] = {}
     for run in trial_runs(args.tracking_uri, parent):
-        row = shares(run.metrics)
+        row = shares(run.latest)
         if row is None:
             continue
         row.update({"run_id": run.run_id, "name": run.name,
-                    "kimg": run.metrics.get(names.PROGRESS_KIMG)})
-        by_phase.setdefault(run.tags.get(names.TAG_PHASE, names.PHASE_SEARCH), []).append(row)
+                    "kimg": run.latest.get(names.PROGRESS_KIMG)})
+        by_phase.setdefault(run.phase or names.PHASE_SEARCH, []).append(row)
     if not by_phase:
         raise SystemExit(f"search {parent.name!r} has no trial with perf/* metrics: run a "
                          "search with this version (make demo) first")

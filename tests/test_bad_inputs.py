@@ -612,7 +612,7 @@ def test_train_and_search_refuse_a_garbage_store_before_starting(capfd, here, co
 
 def test_check_sqlite_store_for_writers_and_readers(here):
     from tsearch.errors import ConfigError
-    from tsearch.tracking.queries import check_sqlite_store
+    from tsearch.tracking.store import check_sqlite_store
 
     (here / "d").mkdir()
     (here / "g.db").write_bytes(b"x" * 100)

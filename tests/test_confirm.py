@@ -23,10 +23,11 @@ import pytest
 import yaml
 
 from tsearch import names
+from tsearch.records import TrialRecord
 from tsearch.search import confirm as confirming
 from tsearch.search.algorithms import get_algorithm
 from tsearch.search.space import SearchSpace, default_points
-from tsearch.search.tuner import TrialSummary, asha_milestones, base_config, plan
+from tsearch.search.tuner import asha_milestones, base_config, plan
 from tsearch.timesteps import SAMPLERS, load_config
 from tsearch.train.points import At
 
@@ -106,9 +107,9 @@ def test_default_outside_a_choice_is_left_to_the_search():
 
 
 # --- Candidates, ranking --------------------------------------------------------------------------
-def _trial(tid: str, fid: float, **config) -> TrialSummary:
-    return TrialSummary(trial_id=tid, status="TERMINATED", config=config,
-                        fids=[(4.0, fid + 10), (20.0, fid)])
+def _trial(tid: str, fid: float, **values) -> TrialRecord:
+    return TrialRecord(trial_id=tid, status="TERMINATED", values=values,
+                       fid=[(4000, fid + 10), (20000, fid)])
 
 
 def test_candidates_are_distinct_top_k_then_the_baseline_once():
@@ -138,11 +139,11 @@ def test_rank_orders_by_mean_final_fid_and_measures_speed_like_the_report():
                              search_fid=30.0, baseline=True)
     curves = {("fast", 101): [60, 40, 30], ("fast", 102): [62, 42, 34],
               ("base", 101): [80, 60, 40], ("base", 102): [82, 58, 44]}
-    trials = [TrialSummary(trial_id=f"{label}{seed}", status="TERMINATED",
-                           config={"method": label, "train.seed": seed},
-                           fids=[(k, f) for k, f in zip([4.0, 8.0, 12.0], fids, strict=True)],
-                           train_forwards=[(4000, 12000.0), (8000, 24000.0), (12000, 36000.0)],
-                           probe_forwards=[(4000, 0.0), (8000, 0.0), (12000, 0.0)])
+    trials = [TrialRecord(trial_id=f"{label}{seed}", status="TERMINATED",
+                          values={"method": label, "train.seed": seed},
+                          fid=[(k, f) for k, f in zip([4000, 8000, 12000], fids, strict=True)],
+                          train_forwards=[(4000, 12000.0), (8000, 24000.0), (12000, 36000.0)],
+                          probe_forwards=[(4000, 0.0), (8000, 0.0), (12000, 0.0)])
               for (label, seed), fids in curves.items()]
     conf = confirming.rank([a, b], trials, [101, 102], {}, search="s", parent_run_id="p",
                            tracking_uri="sqlite:///x.db")
@@ -165,10 +166,12 @@ def test_rank_orders_by_mean_final_fid_and_measures_speed_like_the_report():
 def test_a_failed_seed_ranks_after_complete_candidates():
     a = confirming.Candidate(label="a", values={}, baseline=True)
     b = confirming.Candidate(label="b", values={})
-    trials = [TrialSummary("a1", "TERMINATED", {"method": "a", "train.seed": 1}, [(1.0, 50.0)]),
-              TrialSummary("a2", "TERMINATED", {"method": "a", "train.seed": 2}, [(1.0, 52.0)]),
-              TrialSummary("b1", "TERMINATED", {"method": "b", "train.seed": 1}, [(1.0, 10.0)]),
-              TrialSummary("b2", "ERROR", {"method": "b", "train.seed": 2}, [])]
+    trials = [TrialRecord(trial_id=f"{label}{seed}", status=status,
+                          values={"method": label, "train.seed": seed}, fid=fid)
+              for label, seed, status, fid in [("a", 1, "TERMINATED", [(1000, 50.0)]),
+                                               ("a", 2, "TERMINATED", [(1000, 52.0)]),
+                                               ("b", 1, "TERMINATED", [(1000, 10.0)]),
+                                               ("b", 2, "ERROR", [])]]
     conf = confirming.rank([a, b], trials, [1, 2], {}, search="s", parent_run_id="p",
                            tracking_uri="x")
     assert [r.label for r in conf.rows] == ["a", "b"] and conf.rows[1].finals == [10.0, None]

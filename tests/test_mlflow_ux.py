@@ -11,11 +11,12 @@ from mlflow import MlflowClient
 
 from tests.cli_harness import run_cli
 from tsearch import labels, names
+from tsearch.records import TrialRecord
 from tsearch.search.confirm import Confirmation, ConfirmRow
 from tsearch.search.summary import markdown
-from tsearch.search.tuner import SearchResult, TrialSummary
+from tsearch.search.tuner import SearchResult
 from tsearch.tracking import MlflowTracker, ensure_experiment
-from tsearch.tracking.queries import close_trial_run
+from tsearch.tracking.closing import close_trial_run
 
 KIND = "mlflow.experimentKind"
 
@@ -67,9 +68,10 @@ def test_run_names_put_the_method_first_then_short_compact_values():
 
 
 def test_parent_description_is_the_summary_in_markdown():
-    trials = [TrialSummary("t1", "TERMINATED", {"optim.lr": 2e-3}, fids=[(0.2, 80.0),
-                                                                          (0.4, 60.5)]),
-              TrialSummary("t2", "TERMINATED", {"optim.lr": 3e-4}, fids=[(0.2, 95.0)])]
+    trials = [TrialRecord(trial_id="t1", status="TERMINATED", values={"optim.lr": 2e-3},
+                          fid=[(200, 80.0), (400, 60.5)]),
+              TrialRecord(trial_id="t2", status="TERMINATED", values={"optim.lr": 3e-4},
+                          fid=[(200, 95.0)])]
     result = SearchResult(name="s", parent_run_id="p", experiment_path=None, trials=trials,
                           best_config=None, tracking_uri="sqlite:///x", seconds=12.0)
     text = markdown(result)
@@ -136,16 +138,18 @@ def store(tmp_path_factory) -> str:
                                                  "timesteps.sampler.params.k": 5.0,
                                                  "optim.lr": 0.002}, [(200, 70.0), (400, 50.0)])
     done.finish()  # its last report ended its thread: FINISHED, like a stopped one
-    close_trial_run(uri, "t_done", "FINISHED", "n", names.END_FINISHED, parent.run_id)
+    close_trial_run(uri, "t_done", "FINISHED", "n", end_reason=names.END_FINISHED,
+                    parent_run_id=parent.run_id)
     stopped = _trial(uri, parent.run_id, "t_stop", {"timesteps.sampler.name": "uniform",
                                                     "optim.lr": 0.0003}, [(224, 90.0)])
-    close_trial_run(uri, "t_stop", "FINISHED", "n", names.stopped_at(0.2, asha=True),
-                    parent.run_id)  # the actor went before the run was closed
+    close_trial_run(uri, "t_stop", "FINISHED", "n", end_reason=names.stopped_at(0.2, asha=True),
+                    parent_run_id=parent.run_id)  # the actor went before the run was closed
     stopped.finish()
     failed = _trial(uri, parent.run_id, "t_fail", {"timesteps.sampler.name": "uniform",
                                                    "optim.lr": 1.0}, [])
     failed.finish("FAILED", "loss diverged at step 3")
-    close_trial_run(uri, "t_fail", "FAILED", "n", names.failed_with("error.txt"), parent.run_id)
+    close_trial_run(uri, "t_fail", "FAILED", "n", end_reason=names.failed_with("error.txt"),
+                    parent_run_id=parent.run_id)
     _trial(uri, parent.run_id, "t_run", {"timesteps.sampler.name": "uniform",
                                          "optim.lr": 0.001}, [(200, 75.0)])
     old = _trial(uri, parent.run_id, "t_old", {"timesteps.sampler.name": "uniform",

@@ -17,6 +17,7 @@ from PIL import Image
 
 from tsearch import plots
 from tsearch.errors import TsearchError
+from tsearch.records import TrialRecord
 from tsearch.report import (
     build_report,
     fid_table,
@@ -27,7 +28,7 @@ from tsearch.report import (
     value_at,
     write_report,
 )
-from tsearch.tracking.queries import TrialRecord, parse_param
+from tsearch.tracking.queries import parse_param
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -177,13 +178,11 @@ def test_without_seed_key_every_trial_is_its_own_cell():
     rep = build(records)
     rows = rep.blocks[0].rows
     assert [r.n for r in rows] == [1, 1, 1]
-    assert [r.label for r in rows] == ["optim.lr=0.002, sampler.name=uniform",
-                                       "optim.lr=0.001, sampler.name=uniform",
-                                       "optim.lr=0.001, sampler.name=speed"]
+    assert [r.label for r in rows] == ["uniform lr=2e-3", "uniform lr=1e-3", "speed lr=1e-3"]
     assert rep.label_header == "cell"
     assert rows[0].evals[1].std is None
     md = table_markdown(fid_table(rep.blocks[0], rep.label_header))
-    assert "| optim.lr=0.002, sampler.name=uniform | 1 | 90.00 | 50.00 |" in md
+    assert "| uniform lr=2e-3 | 1 | 90.00 | 50.00 |" in md
     # No `uniform` label: the uniform sampler without weighting is the baseline (the first).
     assert rep.blocks[0].baseline is rows[0]
     assert any("2 rows use the uniform sampler" in n for n in rep.blocks[0].notes)

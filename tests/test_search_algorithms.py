@@ -52,7 +52,7 @@ def check_search(result: SearchResult, store: Path, expected_trials: int) -> Non
     for trial in result.trials:
         assert trial.status == "TERMINATED", trial.error
         assert trial.config["optim.lr"] in LRS
-        assert trial.fids and all(math.isfinite(f) for _, f in trial.fids)
+        assert trial.fid and all(math.isfinite(f) for _, f in trial.fid)
         assert trial.run_id
     assert result.best is not None and result.best_config is not None
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
@@ -74,10 +74,10 @@ def test_every_registered_algorithm_runs_a_real_search(store, name):
     check_search(result, store, checked.num_trials)
     cells = checked.cells
     if cells is not None:  # it runs exactly the cells it announced
-        assert sorted(t.config["optim.lr"] for t in result.trials) == sorted(
+        assert sorted(t.values["optim.lr"] for t in result.trials) == sorted(
             c["optim.lr"] for c in cells)
     if cls.supports_points:  # the given point is tried
-        assert any(t.config["optim.lr"] == 0.002 for t in result.trials)
+        assert any(t.values["optim.lr"] == 0.002 for t in result.trials)
 
 
 class EveryChoiceOnce(SearchAlgorithm):
@@ -104,7 +104,7 @@ def test_a_new_algorithm_is_one_class_and_one_registry_line(store, monkeypatch):
     cfg = tiny(store, "throwaway", EveryChoiceOnce.name, "search.asha.enabled=false")
     result = run_search(cfg)
     check_search(result, store, expected_trials=2)
-    assert sorted(t.config["optim.lr"] for t in result.trials) == LRS
+    assert sorted(t.values["optim.lr"] for t in result.trials) == LRS
     assert all(t.kimg >= 0.2 for t in result.trials)  # no ASHA: the full budget
 
 

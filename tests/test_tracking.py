@@ -351,7 +351,7 @@ def test_build_tracker_resolves_relative_sqlite(tmp_path: Path) -> None:
 def test_unreachable_server_with_credentials_is_probed_and_named_without_them():
     """urllib cannot open user:pw@ URLs; the probe drops them and the message masks them."""
     from tsearch.errors import TsearchError
-    from tsearch.tracking.mlflow_tracker import check_tracking_store
+    from tsearch.tracking.store import check_tracking_store
 
     with pytest.raises(TsearchError) as info:
         check_tracking_store("http://alice:s3cret@127.0.0.1:1")

@@ -74,13 +74,13 @@ def test_a_warm_started_search_first_proposes_the_earlier_winner(ray_session, tm
     a = load_config(SMOKE, [*paths, "search.name=a", "search.num_samples=4",
                             f"search.points_to_evaluate=[{', '.join(cells)}]"])
     result = run_search(a)
-    assert len(result.trials) == 4 and all(t.fids for t in result.trials)
+    assert len(result.trials) == 4 and all(t.fid for t in result.trials)
     # What B is told: each trial's FID at B's budget (0.2 kimg: the evaluation at 224 images).
     client = MlflowClient(uri)
     at_budget = {}
     for t in result.trials:
         history = sorted(client.get_metric_history(t.run_id, names.FID), key=lambda m: m.step)
-        at_budget[(t.config[SAMPLER], t.config[LR])] = history[0].value
+        at_budget[(t.values[SAMPLER], t.values[LR])] = history[0].value
     winner = min(at_budget, key=at_budget.get)
 
     b = [*paths, "search.name=b", "search.num_samples=1", "search.points_to_evaluate=[]",

@@ -4,7 +4,11 @@ One home, so that a trial's run name in the MLflow UI, the tables at the end of 
 `tsearch runs show` spell a configuration the same way: the method first (a bundle label, else
 the sampler's name), then each other value as ``key=value``, the key shortened to its last path
 component (``timesteps.sampler.params.k`` -> ``k``, ``optim.lr`` -> ``lr``) and the number to
-three significant digits (``1.5e-3``). A leaf: imports nothing of tsearch.
+three significant digits (``1.5e-3``). `tsearch report` labels its rows with it too.
+
+A leaf: imports nothing of tsearch, not even :mod:`tsearch.names` (``tests/test_boundaries.py``
+keeps every leaf independent), so the three config keys a label is built around (the sampler's,
+the weighting's and the seed's) live here and every other module imports them from here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 SAMPLER_KEY = "timesteps.sampler.name"
+WEIGHTING_KEY = "timesteps.weighting.name"
 SEED_KEY = "train.seed"
 DEFAULT_SAMPLER = "uniform"
 MAX_RUN_NAME = 250  # characters: MLflow's runs.name column
@@ -65,8 +70,8 @@ def short_keys(keys: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, s
 
 def _order(key: str) -> tuple[int, str]:
     """Where a value goes in a name: the sampler's, the weighting's, the rest, then the seed."""
-    for rank, prefix in enumerate(("timesteps.sampler.", "timesteps.weighting.")):
-        if key.startswith(prefix):
+    for rank, named in enumerate((SAMPLER_KEY, WEIGHTING_KEY)):
+        if key.startswith(named.rpartition(".")[0] + "."):
             return rank, key
     return (3 if key == SEED_KEY else 2), key
 
@@ -81,13 +86,18 @@ def describe(values: Mapping[str, Any], head: str | None = None,
     candidate's label does, is not repeated.
     """
     head = head or str(values.get(SAMPLER_KEY, sampler))
-    short = short_keys([*values, *keys])
     words = [head]
-    for key in sorted(values, key=_order):
-        word = f"{short[key]}={compact(values[key])}"
+    for key, word in pairs(values, keys).items():
         if key != SAMPLER_KEY and word not in words and word not in head.split():
             words.append(word)
     return " ".join(words)
+
+
+def pairs(values: Mapping[str, Any], keys: Iterable[str] = ()) -> dict[str, str]:
+    """Each value's ``key=value`` word, by full key, in the order :func:`describe` writes them;
+    keys shortened among ``values`` and ``keys`` (e.g. the values that tell two rows apart)."""
+    short = short_keys([*values, *keys])
+    return {key: f"{short[key]}={compact(values[key])}" for key in sorted(values, key=_order)}
 
 
 def trial_name(config: Mapping[str, Any], labels: Sequence[str] = (),

@@ -1,9 +1,10 @@
 """Every string that one part of tsearch writes and another reads back.
 
-Metric keys, the key ASHA counts time in, MLflow tags and param prefixes, and the files of a run
-directory: a writer and its readers (the trainer, the Ray trainable, the driver's callbacks,
-``tsearch runs``/``report``/``export``) import the name from here, so renaming one cannot
-silently split them. A leaf: imports nothing of tsearch.
+Metric keys, the key ASHA counts time in, MLflow tags and param prefixes, the config keys read
+back from a trial's flat values, and the files of a run directory: a writer and its readers (the
+trainer, the Ray trainable, the driver's callbacks, ``tsearch runs``/``report``/``export``)
+import the name from here, so renaming one cannot silently split them. A leaf: imports nothing
+of tsearch.
 
 Once committed, a value never changes meaning: MLflow stores of earlier searches use it.
 """
@@ -28,7 +29,6 @@ COMPUTE_PREFIX = "compute/"
 PROBE_FORWARDS = "compute/probe_forwards"
 TRAIN_FORWARDS = "compute/train_forwards"
 IMAGES_PER_S = "perf/images_per_s"
-PERF_PREFIX = "perf/"
 PERF_WALL_SECONDS = "perf/wall_seconds"  # since the run (or trial) began, at each evaluation
 PERF_TRAIN_SECONDS = "perf/train_seconds"  # optimizer steps and their loss statistics
 PERF_EVAL_SECONDS = "perf/eval_seconds"  # evaluations (FID: generation and features)
@@ -47,6 +47,15 @@ CONFIRM_KENDALL_TAU = "confirm/kendall_tau"  # search ranking vs confirmed ranki
 def loss_quartile(i: int) -> str:
     """Mean unweighted loss of the ``i``-th quarter of the timesteps (1 = least noise)."""
     return f"train/loss_q{i}"
+
+
+# --- Config keys read back from a trial's flat dotted values ------------------------------------
+# The sampler's, the weighting's and the seed's are tsearch.labels' SAMPLER_KEY, WEIGHTING_KEY and
+# SEED_KEY: a label is built around them, and a leaf imports no other module of tsearch.
+SCHEDULE_KEY = "diffusion.schedule"
+TOTAL_KIMG_KEY = "train.total_kimg"
+BATCH_SIZE_KEY = "train.batch_size"
+METHOD_KEY = "method"  # a bundle label, not a config field: names a report row (confirmation runs)
 
 
 # --- What a trial reports to Ray Tune -----------------------------------------------------------
@@ -184,14 +193,18 @@ def name_problem(value: str) -> str | None:
             "starting with a letter or digit, no '..' or path separators")
 
 
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@")
+# The userinfo of a URI's authority: after the scheme, up to the last "@" before the path, query
+# or fragment (a password may hold an unescaped "@"; a token alone is userinfo too).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, for printing, logging and exporting."""
+def mask_uri(uri: str, *, strip: bool = False) -> str:
+    """``uri`` safe to print, log and export: a password shown as ``***`` (``user:***@host``), a
+    lone user part as ``***`` (it may itself be a token); with ``strip``, no userinfo at all
+    (``host``), for a request that sends no credentials and a message about that request."""
     match = _USERINFO.match(uri)
     if not match:
         return uri
     user, sep, _ = match.group(2).partition(":")
-    shown = f"{user}:***" if sep else "***"  # a lone user part may itself be a token
-    return f"{match.group(1)}{shown}@{uri[match.end():]}"
+    shown = "" if strip else (f"{user}:***@" if sep else "***@")
+    return f"{match.group(1)}{shown}{uri[match.end():]}"

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.errors import ConfigError, TsearchError
 
 # No group shows its help when called without a command: typer prints that help to stdout as
@@ -143,7 +143,7 @@ def _check_store(cfg) -> None:
     """A SQLite store URI that is a directory or another file fails now, in one line, not
     after minutes of MLflow retries (a missing file is fine: the run creates it)."""
     if cfg.tracking.backend == "mlflow":
-        from tsearch.tracking.queries import check_sqlite_store
+        from tsearch.tracking.store import check_sqlite_store
 
         check_sqlite_store(cfg.tracking.uri, option="--set tracking.uri=")
 
@@ -423,7 +423,8 @@ def runs_show(
     the searched values (search phase first, best FID first)."""
     import json
 
-    from tsearch.tracking.queries import SearchCounts, find_search, trial_runs, trial_views
+    from tsearch.records import trial_views
+    from tsearch.tracking.queries import SearchCounts, find_search, trial_runs
 
     parent = find_search(tracking_uri, run)
     trials = trial_views(trial_runs(tracking_uri, parent))
@@ -532,12 +533,9 @@ def report(
 ) -> None:
     """Tables and plots of a search: FID per cell and kimg, speed-ups, learned p(t)."""
     from tsearch.report import build_report, check_options, write_report
-    from tsearch.tracking.queries import (
-        fetch_histories,
-        find_search,
-        resolve_read_uri,
-        search_trials,
-    )
+    from tsearch.tracking.fetch import fetch_histories
+    from tsearch.tracking.queries import find_search, search_trials
+    from tsearch.tracking.store import resolve_read_uri
 
     if phase not in ("auto", names.PHASE_SEARCH, names.PHASE_CONFIRM):
         raise ConfigError(f"--phase {phase!r}: choose auto, {names.PHASE_SEARCH} or "
@@ -568,7 +566,7 @@ def report(
         fetch_histories(uri, found, progress)
     rep = build_report(records, search=title,
                        parent_run_id=", ".join(p.run_id for p in parents),
-                       tracking_uri=uri, seed_key=seed_key or "train.seed", baseline=baseline)
+                       tracking_uri=uri, seed_key=seed_key or labels.SEED_KEY, baseline=baseline)
     paths = write_report(rep, output)
     cells = sum(len(b.rows) for b in rep.blocks)
     what = "search" if len(parents) == 1 else f"{len(parents)} searches"
@@ -652,8 +650,8 @@ def timesteps_show(
     # Generation steps play no part here, but the config refuses more of them than T.
     eval_steps = min(EvalConfig.model_fields["steps"].default, num_timesteps)
     prediction = prediction or ("v" if schedule == "flow" else "eps")
-    sets = [f"timesteps.sampler.name={name}", f"timesteps.weighting.name={weighting}",
-            f"diffusion.schedule={schedule}", f"diffusion.num_timesteps={num_timesteps}",
+    sets = [f"{labels.SAMPLER_KEY}={name}", f"{labels.WEIGHTING_KEY}={weighting}",
+            f"{names.SCHEDULE_KEY}={schedule}", f"diffusion.num_timesteps={num_timesteps}",
             f"diffusion.prediction={prediction}", f"eval.steps={max(eval_steps, 1)}"]
     sets += [f"timesteps.sampler.params.{kv}" for kv in overrides or []]
     sets += [f"timesteps.weighting.params.{kv}" for kv in weighting_set or []]

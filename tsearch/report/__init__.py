@@ -3,6 +3,7 @@
 Analysis and rendering are separate; rendering imports analysis, never the other way:
 
 - :mod:`~tsearch.report.curves`: per-trial FID and compute curves, kimg to a target FID.
+- :mod:`~tsearch.report.cells`: trials grouped into cells (configurations) and their row labels.
 - :mod:`~tsearch.report.analysis`: trials grouped into cells and blocks, every table's numbers
   (:func:`build_report`) and their JSON form (:func:`report_json`).
 - :mod:`~tsearch.report.figures`: the PNGs (FID curves, p(t) heatmaps and profiles).
@@ -14,21 +15,17 @@ The page as headless Chromium shows it is checked by the tests' own driver, ``te
 from __future__ import annotations
 
 from tsearch.report.analysis import (
-    LABEL_KEY,
-    LEARNED_TOLERANCE,
     MISSING,
-    SCHEDULE_KEY,
     SCHEDULE_ORDER,
     Block,
     EvalStat,
     Report,
-    Row,
     TargetStat,
     build_report,
     check_options,
-    group_cells,
     report_json,
 )
+from tsearch.report.cells import LEARNED_TOLERANCE, Row, group_cells
 from tsearch.report.curves import (
     INTERPOLATION,
     compute_at,
@@ -53,11 +50,9 @@ from tsearch.report.render import (
 __all__ = [
     "CSS",
     "INTERPOLATION",
-    "LABEL_KEY",
     "LEARNED_TOLERANCE",
     "MISSING",
     "READING",
-    "SCHEDULE_KEY",
     "SCHEDULE_ORDER",
     "Block",
     "EvalStat",

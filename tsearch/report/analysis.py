@@ -5,18 +5,17 @@ Trials are grouped into *cells* (their searched values minus the seed) and cells
 training (kimg) and the compute (forward passes, probes charged) each cell needs to reach the
 baseline's final FID, and which cells learn p(t) over training.
 
-Pure functions over :class:`~tsearch.tracking.queries.TrialRecord`; fetching the records from
-MLflow is :func:`tsearch.tracking.queries.search_records`' job (no mlflow or ray import here).
-Kept free of drawing and formatting (no matplotlib, HTML or Markdown here) so the numbers have
-one home: the HTML, Markdown and JSON outputs all read the same :class:`Report`, and tests check
-it on hand-made records.
+Pure functions over :class:`~tsearch.records.TrialRecord`; which trials form a cell and what its
+row is called is :mod:`tsearch.report.cells`' job, fetching the records from MLflow
+:mod:`tsearch.tracking`'s (the report imports neither mlflow nor tracking). Kept free of drawing
+and formatting (no matplotlib, HTML or Markdown here) so the numbers have one home: the HTML,
+Markdown and JSON outputs all read the same :class:`Report`, and tests check it on hand-made
+records.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,17 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.errors import ConfigError, TsearchError
+from tsearch.records import TrialRecord
+from tsearch.report.cells import Row, rows_by_block, value_key
 from tsearch.report.curves import INTERPOLATION, _mean_std, compute_at, evaluations, kimg_to_target
-from tsearch.tracking.queries import TrialRecord
 
 SCHEDULE_ORDER = ("linear", "cosine", "quad", "flow")  # flow: the flow-matching process
-LABEL_KEY = "method"
-SCHEDULE_KEY = "diffusion.schedule"
 MISSING = "–"
-# p(t) * T moving by more than this between snapshots counts as a learned (changing) p(t).
-LEARNED_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -71,23 +67,6 @@ class TargetStat:
 
 
 @dataclass
-class Row:
-    """One cell of a block: its seeds' trials and their statistics."""
-
-    label: str
-    values: dict[str, Any]
-    trials: list[TrialRecord]
-    seeds: list[Any]
-    evals: list[EvalStat | None] = field(default_factory=list)  # one per block column
-    target: TargetStat | None = None
-    learned: bool = False  # p(t) changes over training: gets a heatmap
-
-    @property
-    def n(self) -> int:
-        return len(self.trials)
-
-
-@dataclass
 class Block:
     schedule: str
     columns: list[float]  # kimg label of each evaluation point
@@ -111,83 +90,6 @@ class Report:
     blocks: list[Block]
     label_header: str = "method"
 
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _seed_sort(value: Any) -> tuple[int, Any]:
-    return (0, value) if isinstance(value, int | float) else (1, str(value))
-
-
-def group_cells(records: Sequence[TrialRecord], seed_key: str = "train.seed"
-                ) -> list[tuple[dict[str, Any], list[TrialRecord]]]:
-    """Trials grouped by their searched values minus ``seed_key``, in order of first trial.
-
-    A trial whose values lack ``seed_key`` is a cell of its own (n = 1). Trials on different
-    noise schedules never share a cell, searched or not: searches of two processes with the
-    same method labels are merged into one report.
-    """
-    cells: dict[str, tuple[dict[str, Any], list[TrialRecord]]] = {}
-    for record in records:
-        if seed_key in record.values:
-            values = {k: v for k, v in record.values.items() if k != seed_key}
-            key = f"{_schedule(record)}|{_key(values)}"
-        else:
-            values, key = dict(record.values), f"trial:{record.run_id}"
-        cells.setdefault(key, (values, []))[1].append(record)
-    for _, trials in cells.values():
-        trials.sort(key=lambda r: _seed_sort(r.values.get(seed_key)))
-    return list(cells.values())
-
-
-def _short(key: str) -> str:
-    return key[len("timesteps."):] if key.startswith("timesteps.") else key
-
-
-def _fmt_value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _join(values: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{_short(k)}={_fmt_value(values[k])}" for k in keys if k in values)
-
-
-def _labels(cells: list[tuple[dict[str, Any], list[TrialRecord]]]) -> list[str]:
-    """Row labels: the ``method`` bundle label, else the varying values, else the trial id."""
-    rest = [{k: v for k, v in values.items() if k != SCHEDULE_KEY} for values, _ in cells]
-    keys = sorted({k for values in rest for k in values})
-    varying = [k for k in keys if len({_key(values.get(k, "\0missing")) for values in rest}) > 1]
-    labels = []
-    for values, (_, trials) in zip(rest, cells, strict=True):
-        if LABEL_KEY in values:
-            labels.append(str(values[LABEL_KEY]))
-        elif any(k in values for k in varying):
-            labels.append(_join(values, varying))
-        elif values:
-            labels.append(_join(values, sorted(values)))
-        else:
-            labels.append(trials[0].trial_id if len(trials) == 1 else "all trials")
-    return labels
-
-
-def _disambiguate(rows: list[Row]) -> None:
-    """Rows of one block with the same label get the values that tell them apart."""
-    by_label: dict[str, list[Row]] = {}
-    for row in rows:
-        by_label.setdefault(row.label, []).append(row)
-    for same in by_label.values():
-        if len(same) < 2:
-            continue
-        keys = sorted({k for r in same for k in r.values if k not in (LABEL_KEY, SCHEDULE_KEY)})
-        differ = [k for k in keys if len({_key(r.values.get(k)) for r in same}) > 1]
-        for row in same:
-            extra = _join(row.values, differ) or row.trials[0].trial_id
-            row.label = f"{row.label} ({extra})"
-
-
-def _schedule(record: TrialRecord) -> str:
-    return str(record.config.get(SCHEDULE_KEY, record.values.get(SCHEDULE_KEY, "unknown")))
-
 
 def _block_order(name: str) -> tuple[int, str]:
     return (SCHEDULE_ORDER.index(name), "") if name in SCHEDULE_ORDER else (len(SCHEDULE_ORDER),
@@ -197,25 +99,16 @@ def _block_order(name: str) -> tuple[int, str]:
 def _column_labels(kimgs: list[float]) -> list[float]:
     """kimg rounded to 1 decimal, or more where that would merge two columns."""
     for decimals in (1, 2, 3):
-        labels = [round(k, decimals) for k in kimgs]
-        if len(set(labels)) == len(labels):
-            return labels
+        rounded = [round(k, decimals) for k in kimgs]
+        if len(set(rounded)) == len(rounded):
+            return rounded
     return [round(k, 3) for k in kimgs]
-
-
-def _is_learned(record: TrialRecord) -> bool:
-    if record.config.get("timesteps.sampler.name") == "adaptive":
-        return bool(record.p_t)
-    if len(record.p_t) < 2:
-        return False
-    probs = np.stack([np.asarray(p, dtype=np.float64) for _, p in record.p_t])
-    return bool(np.max(np.abs(probs - probs[0])) * probs.shape[1] > LEARNED_TOLERANCE)
 
 
 def _is_uniform_baseline(row: Row) -> bool:
     config = row.trials[0].config
-    return (config.get("timesteps.sampler.name") == "uniform"
-            and config.get("timesteps.weighting.name") == "none")
+    return (config.get(labels.SAMPLER_KEY) == "uniform"
+            and config.get(labels.WEIGHTING_KEY) == "none")
 
 
 def _find_baseline(rows: list[Row], baseline: str) -> tuple[Row | None, str | None]:
@@ -306,20 +199,6 @@ def _speed(block: Block, baseline: str) -> None:
             "that reach it")
 
 
-def _rows_by_block(records: Sequence[TrialRecord], seed_key: str) -> dict[str, list[Row]]:
-    """Cells as labelled rows, per noise schedule; labels need only the trials' values."""
-    cells = group_cells(records, seed_key)
-    by_block: dict[str, list[Row]] = {}
-    for (values, trials), label in zip(cells, _labels(cells), strict=True):
-        row = Row(label=label, values=values, trials=trials,
-                  seeds=[t.values.get(seed_key, t.config.get(seed_key)) for t in trials],
-                  learned=_is_learned(trials[0]))
-        by_block.setdefault(_schedule(trials[0]), []).append(row)
-    for rows in by_block.values():
-        _disambiguate(rows)
-    return by_block
-
-
 def _no_evaluations(search: str, records: Sequence[TrialRecord]) -> TsearchError:
     return TsearchError(f"search {search!r} has no finished evaluations ({len(records)} "
                         "trials); wait for its first FID or check its trials' MLflow runs")
@@ -341,7 +220,7 @@ def check_options(records: Sequence[TrialRecord], *, search: str, seed_key: str 
         raise ConfigError(f"--seed-key {seed_key!r} is not a searched key of {search!r}; "
                           f"searched keys: {', '.join(searched) or 'none'}")
     if baseline != "uniform":
-        rows = _rows_by_block(records, seed_key or "train.seed")
+        rows = rows_by_block(records, seed_key or labels.SEED_KEY)
         known = sorted({r.label for block in rows.values() for r in block})
         if baseline not in known:
             raise ConfigError(f"--baseline {baseline!r} is not a row of {search!r}; rows: "
@@ -354,14 +233,14 @@ def build_report(
     search: str,
     parent_run_id: str,
     tracking_uri: str,
-    seed_key: str = "train.seed",
+    seed_key: str = labels.SEED_KEY,
     baseline: str = "uniform",
     generated: str | None = None,
 ) -> Report:
     """Group a search's trials into blocks and cells and compute every table's numbers."""
     if not any(len(r.fid) for r in records):
         raise _no_evaluations(search, records)
-    by_block = _rows_by_block(records, seed_key)
+    by_block = rows_by_block(records, seed_key)
     blocks = []
     for schedule in sorted(by_block, key=_block_order):
         rows = by_block[schedule]
@@ -381,9 +260,9 @@ def build_report(
                 block.notes.append(f"evaluation {j + 1} is at different points in different "
                                    f"trials ({_f(lo)} to {_f(hi)} kimg)")
         for row in rows:
-            counts = Counter(_key(seed) for seed in row.seeds if seed is not None)
-            twice = sorted({_fmt_value(seed) for seed in row.seeds
-                            if seed is not None and counts[_key(seed)] > 1})
+            counts = Counter(value_key(seed) for seed in row.seeds if seed is not None)
+            twice = sorted({labels.compact(seed) for seed in row.seeds
+                            if seed is not None and counts[value_key(seed)] > 1})
             if twice:  # e.g. two reported searches ran the same cell with the same seed
                 block.notes.append(f"{row.label} has {seed_key} = {', '.join(twice)} more "
                                    "than once: its spread counts repeats of one seed")
@@ -405,18 +284,14 @@ def build_report(
         known = sorted({r.label for b in blocks for r in b.rows})
         raise TsearchError(f"no row labelled {baseline!r} in search {search!r}; rows: "
                            + ", ".join(known[:20]))
-    has_method = any(LABEL_KEY in r.values for b in blocks for r in b.rows)
+    has_method = any(names.METHOD_KEY in r.values for b in blocks for r in b.rows)
     return Report(
-        search=search, parent_run_id=parent_run_id, tracking_uri=_redact(tracking_uri),
+        search=search, parent_run_id=parent_run_id,
+        tracking_uri=names.mask_uri(tracking_uri, strip=True),
         generated=generated or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         n_trials=len(records), statuses=dict(Counter(r.status for r in records)),
         seed_key=seed_key, baseline=baseline, blocks=blocks,
         label_header="method" if has_method else "cell")
-
-
-def _redact(uri: str) -> str:
-    """A tracking URI without credentials (user:password@host)."""
-    return re.sub(r"(//)[^/@]+@", r"\1", uri)
 
 
 def _f(x: float | None, digits: int = 2) -> str:

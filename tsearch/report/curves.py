@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tsearch.tracking.queries import TrialRecord
+from tsearch.records import TrialRecord
 
 INTERPOLATION = (
     "linear interpolation of FID between the two evaluations that bracket the crossing (the "

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.search.space import flat_config
 from tsearch.search.trial_plots import complete_plots
 
@@ -29,7 +29,7 @@ class ProgressCallback(Callback):
         fid = result.get(names.FID, math.nan)
         config = flat_config(trial.config)
         name = " ".join(str(config[k]) for k in self.labels if k in config) \
-            or config.get("timesteps.sampler.name", self.sampler)
+            or config.get(labels.SAMPLER_KEY, self.sampler)
         self.say(f"  {trial.trial_id} {name:<11} kimg {result.get(names.TIME_ATTR, 0):6.2f}  "
                  f"FID {fid:8.2f}")
 
@@ -68,18 +68,18 @@ class MlflowTrialCallback(Callback):
         self.parent_run_id = parent_run_id
 
     def _close(self, trial: Any, status: str, note: str, reason: str) -> None:
-        from tsearch.tracking.queries import close_trial_run
+        from tsearch.tracking.closing import close_trial_run
 
         close_trial_run(self.uri, trial.trial_id, status, note, end_reason=reason,
                         parent_run_id=self.parent_run_id)
         result = trial.last_result or {}
-        sampler = flat_config(trial.config).get("timesteps.sampler.name", self.sampler)
+        sampler = flat_config(trial.config).get(labels.SAMPLER_KEY, self.sampler)
         complete_plots(trial.path, result.get(names.REPORT_RUN_ID), self.uri, sampler, self.say)
 
     def end_reason(self, trial: Any) -> str:
         """finished, or stopped (by ASHA at its rung) before the trial's budget."""
         kimg = float((trial.last_result or {}).get(names.TIME_ATTR, 0.0))
-        total = flat_config(trial.config).get("train.total_kimg", self.total_kimg)
+        total = flat_config(trial.config).get(names.TOTAL_KIMG_KEY, self.total_kimg)
         if total is None or kimg >= float(total) - 1e-9:
             return names.END_FINISHED
         reached = [r for r in self.rungs if r <= kimg + 1e-9]

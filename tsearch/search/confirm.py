@@ -14,6 +14,7 @@ The ranking's kimg and compute to the baseline's final FID come from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -25,15 +26,10 @@ import numpy as np
 from tsearch import labels, names
 from tsearch.config import Config
 from tsearch.errors import ConfigError
-from tsearch.search.space import (
-    SAMPLER_KEY,
-    SearchSpace,
-    default_point,
-    resolve_trial_config,
-)
-
-LABEL = "method"  # the confirmation trials' label key: one row per candidate in every report
-SEED_KEY = "train.seed"
+from tsearch.labels import SAMPLER_KEY, SEED_KEY, WEIGHTING_KEY
+from tsearch.names import METHOD_KEY
+from tsearch.records import TrialRecord
+from tsearch.search.space import SearchSpace, default_point, resolve_trial_config
 
 
 @dataclass
@@ -187,27 +183,26 @@ def describe(values: Mapping[str, Any], bundle: str | None = None,
     return labels.describe({k: v for k, v in values.items() if k != SEED_KEY}, bundle, sampler)
 
 
-def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
+def candidates(trials: Sequence[TrialRecord], labels: Sequence[str], top_k: int,
                baseline: Mapping[str, Any], sampler: str = "uniform") -> list[Candidate]:
     """The top-k distinct configurations by search FID other than the baseline, then it.
 
-    ``trials`` are the search phase's :class:`~tsearch.search.tuner.TrialSummary` objects. A
-    trial that ran the baseline point (its values include the point's) stands for it, so the
-    baseline keeps the values the search gave its unlisted keys and its search FID; when it
-    ranks among the best, the next configuration takes its place, so k configurations are
-    always checked against it.
+    ``trials`` are the search phase's records (from Tune's result grid). A trial that ran the
+    baseline point (its values include the point's) stands for it, so the baseline keeps the
+    values the search gave its unlisted keys and its search FID; when it ranks among the best,
+    the next configuration takes its place, so k configurations are always checked against it.
     """
     ranked = sorted((t for t in trials if math.isfinite(t.best_fid)), key=lambda t: t.best_fid)
 
-    def make(trial: Any) -> Candidate:
-        values = {k: v for k, v in trial.config.items() if k not in labels and k != SEED_KEY}
-        bundle = " ".join(str(trial.config[k]) for k in labels if k in trial.config) or None
+    def make(trial: TrialRecord) -> Candidate:
+        values = {k: v for k, v in trial.values.items() if k not in labels and k != SEED_KEY}
+        bundle = " ".join(str(trial.values[k]) for k in labels if k in trial.values) or None
         return Candidate(label=describe(values, bundle, sampler), values=values,
                          search_fid=trial.best_fid, search_kimg=trial.kimg,
                          trial_id=trial.trial_id)
 
     wanted = {k: v for k, v in baseline.items() if k not in labels and k != SEED_KEY}
-    ran = [t for t in ranked if all(t.config.get(k) == v for k, v in wanted.items())]
+    ran = [t for t in ranked if all(t.values.get(k) == v for k, v in wanted.items())]
     base = make(ran[0]) if ran else Candidate(label=describe(wanted, None, sampler),
                                               values=wanted)
     base.baseline = True
@@ -233,20 +228,19 @@ def candidates(trials: Sequence[Any], labels: Sequence[str], top_k: int,
 def cells(cands: Sequence[Candidate], seeds: Sequence[int],
           overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The confirmation trials' flat configs, seed-major (a partial stage ranks every one)."""
-    return [{LABEL: c.label, **c.values, **overrides, SEED_KEY: int(seed)}
+    return [{METHOD_KEY: c.label, **c.values, **overrides, SEED_KEY: int(seed)}
             for seed in seeds for c in cands]
 
 
 # --- After them ---------------------------------------------------------------------------------
-def rank(cands: Sequence[Candidate], trials: Sequence[Any], seeds: Sequence[int],
+def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Sequence[int],
          overrides: Mapping[str, Any], *, search: str, parent_run_id: str,
          tracking_uri: str) -> Confirmation:
     """The confirmed ranking: mean final FID over the seeds (best first), and speed-ups.
 
-    ``trials`` are the confirmation runs' TrialSummary objects (with compute per evaluation).
+    ``trials`` are the confirmation runs' records (from Tune's grid, with compute per evaluation).
     """
     from tsearch.report.analysis import build_report
-    from tsearch.tracking.queries import TrialRecord
 
     by_label = {c.label: c for c in cands}
     rows = {c.label: ConfirmRow(label=c.label, values=c.values, baseline=c.baseline,
@@ -255,22 +249,19 @@ def rank(cands: Sequence[Candidate], trials: Sequence[Any], seeds: Sequence[int]
                                 run_ids=[None] * len(seeds)) for c in cands}
     records = []
     for t in trials:
-        label, seed = t.config.get(LABEL), t.config.get(SEED_KEY)
+        label, seed = t.values.get(METHOD_KEY), t.values.get(SEED_KEY)
         if label not in rows or seed not in rows[label].seeds:
             continue
         row, i = rows[label], rows[label].seeds.index(seed)
-        finite = [(k, f) for k, f in t.fids if math.isfinite(f)]
+        finite = [(k, f) for k, f in t.fid_by_kimg if math.isfinite(f)]
         row.run_ids[i] = t.run_id
-        if finite and t.status != "ERROR":
+        if finite and not t.failed:
             row.kimg[i], row.finals[i] = finite[-1]
-        records.append(TrialRecord(
-            run_id=t.run_id or t.trial_id, trial_id=t.trial_id,
-            status="FAILED" if t.status == "ERROR" else "FINISHED",
-            values={LABEL: label, SEED_KEY: seed},
-            config={k: by_label[label].values.get(k) for k in
-                    ("timesteps.sampler.name", "timesteps.weighting.name")},
-            fid=[(int(round(k * 1000)), f) for k, f in t.fids],
-            train_forwards=list(t.train_forwards), probe_forwards=list(t.probe_forwards)))
+        # The report groups by the label alone: one cell per candidate, one block.
+        records.append(dataclasses.replace(
+            t, run_id=t.run_id or t.trial_id, status="FAILED" if t.failed else "FINISHED",
+            values={METHOD_KEY: label, SEED_KEY: seed},
+            config={k: by_label[label].values.get(k) for k in (SAMPLER_KEY, WEIGHTING_KEY)}))
     for row in rows.values():
         got = np.array([f for f in row.finals if f is not None], dtype=np.float64)
         if got.size:
@@ -343,5 +334,5 @@ def phase_meta(meta: Mapping[str, Any], phase: str) -> dict[str, Any]:
     """The trainable's meta for one phase: its tag, and the label keys it drops."""
     out = {**meta, "phase": phase}
     if phase == names.PHASE_CONFIRM:
-        out["labels"] = [LABEL]
+        out["labels"] = [METHOD_KEY]
     return out

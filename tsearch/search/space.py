@@ -54,6 +54,7 @@ from pydantic.fields import FieldInfo
 
 from tsearch.config import Config, get_dotted, merge_flat, validation_context
 from tsearch.errors import ConfigError
+from tsearch.labels import SAMPLER_KEY, WEIGHTING_KEY
 from tsearch.timesteps import SAMPLERS, WEIGHTINGS, resolve_params, validate_config
 
 _PLUGIN_KEYS = {"timesteps.sampler": SAMPLERS, "timesteps.weighting": WEIGHTINGS}
@@ -236,7 +237,7 @@ class SearchSpace:
                 if field is None:
                     raise ConfigError(f"config error: search.space.{key}: not a config field "
                                       "(see `tsearch train CONFIG --dry-run` for the fields)")
-                if key in ("timesteps.sampler.name", "timesteps.weighting.name"):
+                if key in (SAMPLER_KEY, WEIGHTING_KEY):
                     registry = _PLUGIN_KEYS[key.rsplit(".", 1)[0]]
                     bad = [v for v in spec.values() or [] if v not in registry]
                     if bad or spec.choice is None:
@@ -413,8 +414,6 @@ def check_points(base: Mapping[str, Any], points: list[dict[str, Any]],
             raise ConfigError(f"search.points_to_evaluate[{i}]: {exc}") from None
 
 
-SAMPLER_KEY = "timesteps.sampler.name"
-WEIGHTING_KEY = "timesteps.weighting.name"
 _SAMPLER_PARAM = "timesteps.sampler.params."
 _WEIGHTING_PARAM = "timesteps.weighting.params."
 

@@ -27,8 +27,8 @@ def best_rows(result: Any, limit: int = SHOWN) -> list[list[str]]:
     under :data:`BEST_COLUMNS`."""
     rows = []
     for t in sorted(result.trials, key=lambda t: t.best_fid)[:limit]:
-        bundle = " ".join(str(t.config[k]) for k in result.labels if k in t.config) or None
-        conf = describe({k: v for k, v in t.config.items() if k not in result.labels}, bundle)
+        bundle = " ".join(str(t.values[k]) for k in result.labels if k in t.values) or None
+        conf = describe({k: v for k, v in t.values.items() if k not in result.labels}, bundle)
         rows.append([t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf])
     return rows
 

@@ -26,7 +26,7 @@ def complete_plots(trial_dir: str | None, run_id: str | None, uri: str, sampler:
     """
     if not run_id:  # never reported: nothing to draw
         return []
-    from tsearch.tracking.queries import add_artifacts, artifact_names
+    from tsearch.tracking.closing import add_artifacts, artifact_names
     from tsearch.train.rundir import draw_plots_from_files, plot_names
 
     try:
@@ -54,14 +54,15 @@ def complete_plots(trial_dir: str | None, run_id: str | None, uri: str, sampler:
 def _plots_from_mlflow(uri: str, run_id: str, sampler: str, out: Path,
                        have: set[str]) -> list[Path]:
     """The p(t) heatmap and FID curve from the run's logged arrays and metrics, if missing."""
-    from tsearch.tracking.queries import TrialRecord, fetch_histories
+    from tsearch.records import TrialRecord
+    from tsearch.tracking.fetch import fetch_histories
     from tsearch.train.rundir import draw_plots
 
     run_dir = names.RunDir(out)
     wanted = {run_dir.heatmap.name, run_dir.fid_curve.name} - have
     if not wanted:
         return []
-    record = TrialRecord(run_id=run_id, trial_id="")
+    record = TrialRecord(trial_id="", run_id=run_id)
     fetch_histories(uri, [record])
     pt = ([s / 1000 for s, _ in record.p_t], [a for _, a in record.p_t])
     fids: dict[int, float] = {}

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tsearch import names
+from tsearch import labels, names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.metrics.registry import check_evaluations
+from tsearch.records import TrialRecord
 from tsearch.search import confirm as confirming
 from tsearch.search import summary
 from tsearch.search.algorithms import SearchAlgorithm, WarmTrial, get_algorithm
@@ -40,45 +41,21 @@ from tsearch.search.tune_state import STATE_FILES
 
 
 @dataclass
-class TrialSummary:
-    trial_id: str
-    status: str
-    config: dict[str, Any]
-    fids: list[tuple[float, float]] = field(default_factory=list)  # (kimg, fid)
-    times: list[float] = field(default_factory=list)  # wall-clock timestamp of each FID
-    run_id: str | None = None
-    node_ip: str | None = None
-    error: str | None = None
-    path: str | None = None  # the trial's directory
-    train_forwards: list[tuple[int, float]] = field(default_factory=list)  # (images, forwards)
-    probe_forwards: list[tuple[int, float]] = field(default_factory=list)
-
-    @property
-    def best_fid(self) -> float:
-        finite = [f for _, f in self.fids if math.isfinite(f)]
-        return min(finite) if finite else math.inf
-
-    @property
-    def kimg(self) -> float:
-        return self.fids[-1][0] if self.fids else 0.0
-
-
-@dataclass
 class SearchResult:
     name: str
     parent_run_id: str | None
     experiment_path: Path
-    trials: list[TrialSummary]
+    trials: list[TrialRecord]
     best_config: dict[str, Any] | None
     tracking_uri: str
     seconds: float
     labels: list[str] = field(default_factory=list)  # bundle keys: not config fields
     confirmation: Confirmation | None = None  # the confirmed ranking (search.confirm)
-    confirm_trials: list[TrialSummary] = field(default_factory=list)
+    confirm_trials: list[TrialRecord] = field(default_factory=list)
     timing: Stopwatch = field(default_factory=Stopwatch)  # the driver's stages (--verbose)
 
     @property
-    def best(self) -> TrialSummary | None:
+    def best(self) -> TrialRecord | None:
         ranked = sorted(self.trials, key=lambda t: t.best_fid)
         return ranked[0] if ranked and math.isfinite(ranked[0].best_fid) else None
 
@@ -222,8 +199,12 @@ def run_search(
     """
     from tsearch.search.console import configure_driver
     from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray
-    from tsearch.tracking import check_tracking_store, ensure_experiment
-    from tsearch.tracking.mlflow_tracker import resolve_artifact_root, resolve_tracking_uri
+    from tsearch.tracking.store import (
+        check_tracking_store,
+        ensure_experiment,
+        resolve_artifact_root,
+        resolve_tracking_uri,
+    )
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
@@ -340,7 +321,7 @@ def _run(cfg: Config, checked: SearchPlan, uri: str, artifact_root: str | None, 
                               say).fit()
         with watch.stage("summary (table and plots)"):
             _prune_checkpoints(exp_path, cfg.search.num_to_keep)
-            trials = _summaries(grid)
+            trials = _records(grid)
             _complete_plots(trials, base, uri, say)
             result = SearchResult(name=name, parent_run_id=parent.run_id,
                                   experiment_path=exp_path, trials=trials, best_config=None,
@@ -404,11 +385,11 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
                                       sampler=cfg.timesteps.sampler.name)
         state["confirm"] = {"candidates": [asdict(x) for x in cands]}
         _write_state(exp_path / names.SEARCH_STATE, state)
-    used = {int(t.config.get(confirming.SEED_KEY, cfg.train.seed)) for t in result.trials}
+    used = {int(t.values.get(labels.SEED_KEY, cfg.train.seed)) for t in result.trials}
     if used & set(c.seeds):  # plan() checked the space; this checks what really ran
         raise TsearchError(f"search.confirm.seeds {sorted(used & set(c.seeds))} were used by "
                            "search trials; confirmation needs fresh seeds")
-    kimg = c.set.get("train.total_kimg", cfg.train.total_kimg)
+    kimg = c.set.get(names.TOTAL_KIMG_KEY, cfg.train.total_kimg)
     say(f"confirmation: {len(cands)} configurations x {len(c.seeds)} fresh seeds "
         f"({', '.join(map(str, c.seeds))}) at {kimg:g} kimg, no early stopping"
         + (f"; with {', '.join(f'{k}={v}' for k, v in c.set.items())}" if c.set else ""))
@@ -431,11 +412,11 @@ def _confirm(cfg: Config, checked: SearchPlan, result: SearchResult, parent, bas
                                         max_concurrent_trials=c.max_concurrent or
                                         s.max_concurrent, reuse_actors=s.reuse_actors),
             run_config=_run_config(s, CONFIRM_SUBDIR, _join(storage, checked.name), uri,
-                                   say, [confirming.LABEL], cbase, meta.get("verbose", False),
+                                   say, [names.METHOD_KEY], cbase, meta.get("verbose", False),
                                    ends=(kimg, [], parent.run_id)))
     grid = tuner.fit()
     _prune_checkpoints(cexp, s.num_to_keep)
-    result.confirm_trials = _summaries(grid)
+    result.confirm_trials = _records(grid)
     _complete_plots(result.confirm_trials, cbase, uri, say)
     result.confirmation = confirming.rank(
         cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
@@ -623,40 +604,38 @@ def _trainable(cfg: Config, base: dict[str, Any], meta: dict[str, Any]):
     return tune.with_resources(tune.with_parameters(run_trial, base=base, meta=meta), resources)
 
 
-def _summaries(grid) -> list[TrialSummary]:
+def _records(grid) -> list[TrialRecord]:
+    """Each trial of a phase's result grid as a record: its FID and compute by images seen."""
     out = []
     for result in grid:
         df = result.metrics_dataframe
-        fids: list[tuple[float, float]] = []
-        times: list[float] = []
+        fids: dict[int, tuple[float, float]] = {}
         compute: dict[str, list[tuple[int, float]]] = {}
         if df is not None and names.TIME_ATTR in df:
+            images = [int(round(float(k) * 1000)) for k in df[names.TIME_ATTR]]
             for key in (names.TRAIN_FORWARDS, names.PROBE_FORWARDS):
                 if key in df:
-                    by_step = {int(round(float(k) * 1000)): float(v)
-                               for k, v in zip(df[names.TIME_ATTR], df[key], strict=True)
+                    by_step = {s: float(v) for s, v in zip(images, df[key], strict=True)
                                if v == v}
                     compute[key] = sorted(by_step.items())
-        if df is not None and names.FID in df and names.TIME_ATTR in df:
-            stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
-            by_kimg: dict[float, tuple[float, float]] = {}
-            for k, f, ts in zip(df[names.TIME_ATTR], df[names.FID], stamps, strict=True):
-                if f == f:  # a resumed trial may report an evaluation again: keep one
-                    by_kimg.setdefault(float(k), (float(f), float(ts)))
-            for k in sorted(by_kimg):
-                fids.append((k, by_kimg[k][0]))
-                times.append(by_kimg[k][1])
+            if names.FID in df:
+                stamps = df["timestamp"] if "timestamp" in df else [0.0] * len(df)
+                for s, f, ts in zip(images, df[names.FID], stamps, strict=True):
+                    if f == f:  # a resumed trial may report an evaluation again: keep one
+                        fids.setdefault(s, (float(f), float(ts)))
         last = result.metrics or {}
-        status = "ERROR" if result.error else "TERMINATED"
-        config = flat_config(result.config)
-        out.append(TrialSummary(
+        steps = sorted(fids)
+        out.append(TrialRecord(
             trial_id=last.get(names.REPORT_TRIAL_ID, result.path.rsplit("/", 1)[-1]),
-            status=status, config=config, fids=fids, times=times,
-            run_id=last.get(names.REPORT_RUN_ID), node_ip=last.get(names.REPORT_NODE_IP),
-            error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
-            path=result.path, train_forwards=compute.get(names.TRAIN_FORWARDS, []),
+            run_id=last.get(names.REPORT_RUN_ID),
+            status="ERROR" if result.error else "TERMINATED",
+            values=flat_config(result.config),
+            fid=[(s, fids[s][0]) for s in steps], fid_times=[fids[s][1] for s in steps],
+            train_forwards=compute.get(names.TRAIN_FORWARDS, []),
             probe_forwards=compute.get(names.PROBE_FORWARDS, []),
-        ))
+            node_ip=last.get(names.REPORT_NODE_IP),
+            error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+            path=result.path))
     return out
 
 
@@ -671,18 +650,17 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
 
     out = exp_path / names.SEARCH_SUMMARY_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for t in result.trials for k in t.config})
+    keys = sorted({k for t in result.trials for k in t.values})
     with (out / "trials.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial_id", "status", "best_fid", "final_fid", "kimg", "mlflow_run_id",
                          "node_ip", *keys, "error"])
         for t in sorted(result.trials, key=lambda t: t.best_fid):
-            final = t.fids[-1][1] if t.fids else float("nan")
-            writer.writerow([t.trial_id, t.status, t.best_fid, final, t.kimg, t.run_id,
-                             t.node_ip, *[t.config.get(k, "") for k in keys], t.error or ""])
+            writer.writerow([t.trial_id, t.status, t.best_fid, t.final_fid, t.kimg, t.run_id,
+                             t.node_ip, *[t.values.get(k, "") for k in keys], t.error or ""])
     parent.log_artifact(out / "trials.csv")
-    series = {_label(t): ([k for k, _ in t.fids], [f for _, f in t.fids])
-              for t in result.trials if t.fids}
+    series = {_label(t): ([k for k, _ in t.fid_by_kimg], [f for _, f in t.fid_by_kimg])
+              for t in result.trials if t.fid}
     if series:
         parent.log_artifact(plots.plot_fid_curve(series, out / "fid_vs_kimg.png",
                                                  title=f"search {result.name}: FID vs kimg"))
@@ -690,7 +668,7 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     if result.best is not None:
         best = result.best
         best_cfg = _masked(portable_dict(merge_flat(
-            base, {k: v for k, v in best.config.items() if k not in result.labels})))
+            base, {k: v for k, v in best.values.items() if k not in result.labels})))
         (out / names.ARTIFACT_BEST_CONFIG).write_text(_best_yaml(best_cfg, result, best))
         parent.log_artifact(out / names.ARTIFACT_BEST_CONFIG)
         parent.log_metrics({names.SEARCH_BEST_FID: best.best_fid,
@@ -711,23 +689,22 @@ def _finish(parent, result: SearchResult, base: dict[str, Any], exp_path: Path):
     return best_cfg
 
 
-def _complete_plots(trials: list[TrialSummary], base: dict[str, Any], uri: str, say) -> None:
+def _complete_plots(trials: list[TrialRecord], base: dict[str, Any], uri: str, say) -> None:
     """Every trial's plots, after its phase: the callbacks drew those of trials Tune stopped;
     this catches trials that ended under an earlier driver (``--resume``)."""
     from tsearch.search.trial_plots import complete_plots
 
     sampler = base["timesteps"]["sampler"]["name"]
     for t in trials:
-        complete_plots(t.path, t.run_id, uri, t.config.get("timesteps.sampler.name", sampler),
-                       say)
+        complete_plots(t.path, t.run_id, uri, t.values.get(labels.SAMPLER_KEY, sampler), say)
 
 
-def _label(t: TrialSummary) -> str:
-    sampler = t.config.get("timesteps.sampler.name", "")
+def _label(t: TrialRecord) -> str:
+    sampler = t.values.get(labels.SAMPLER_KEY, "")
     return f"{t.trial_id} {sampler}".strip()
 
 
-def _best_yaml(cfg: dict[str, Any], result: SearchResult, best: TrialSummary) -> str:
+def _best_yaml(cfg: dict[str, Any], result: SearchResult, best: TrialRecord) -> str:
     head = (f"# Best trial of search {result.name!r} (unconfirmed: one seed, the minimum of "
             f"{len(result.trials)} noisy trials): FID {best.best_fid:.3f} "
             f"(trial {best.trial_id}, MLflow run {best.run_id}).\n"

@@ -40,7 +40,8 @@ def warm_trials(tracking_uri: str, search_ref: str, cfg: Config, space: SearchSp
     nothing, the searches differ in metric or searched keys, or no trial fits; ``say`` gets one
     note line for skipped trials and one for evaluation settings that differ.
     """
-    from tsearch.tracking.queries import metric_histories, search_trials
+    from tsearch.tracking.fetch import metric_histories
+    from tsearch.tracking.queries import search_trials
 
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     s = cfg.search
@@ -67,7 +68,7 @@ def warm_trials(tracking_uri: str, search_ref: str, cfg: Config, space: SearchSp
     skipped: list[str] = []
     scored = 0
     for record in records:
-        batch = record.config.get("train.batch_size") or cfg.train.batch_size
+        batch = record.config.get(names.BATCH_SIZE_KEY) or cfg.train.batch_size
         value = value_at_budget(histories[record.run_id], budget, int(batch))
         if value is None:
             continue

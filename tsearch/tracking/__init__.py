@@ -2,6 +2,13 @@
 
 The :class:`~tsearch.tracker.Tracker` protocol lives in ``tsearch.tracker`` (the trainer never
 imports this package); MLflow is imported when an :class:`MlflowTracker` is built.
+
+- :mod:`~tsearch.tracking.store`: a store's URI resolved and checked, clients, the experiment.
+- :mod:`~tsearch.tracking.mlflow_tracker`: :class:`MlflowTracker`, one run.
+- :mod:`~tsearch.tracking.queries`: run listings: searches, and trials as records.
+- :mod:`~tsearch.tracking.fetch`: what a listing leaves out: histories, p(t), artifacts.
+- :mod:`~tsearch.tracking.closing`: the search driver's writes to trial runs Tune ended.
+- :mod:`~tsearch.tracking.export`: `tsearch export best`.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from pathlib import Path
 
 from tsearch.config import TrackingConfig
 from tsearch.tracker import NullTracker, Tracker
-from tsearch.tracking.mlflow_tracker import (
-    MlflowTracker,
+from tsearch.tracking.mlflow_tracker import MlflowTracker
+from tsearch.tracking.store import (
     check_tracking_store,
     ensure_experiment,
     resolve_artifact_root,
@@ -33,6 +40,7 @@ __all__ = [
 
 def build_tracker(
     cfg: TrackingConfig,
+    *,
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,

@@ -23,7 +23,8 @@ import yaml
 from tsearch import names
 from tsearch.config import portable_dict, portable_overlay
 from tsearch.errors import TsearchError
-from tsearch.tracking.queries import RunRow, download, find_search, has_artifact, parse_param
+from tsearch.tracking.fetch import download, has_artifact
+from tsearch.tracking.queries import SearchRun, find_search, parse_param
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ExportedConfig:
     summary: str  # one line describing it, for the terminal
     note: str | None  # set when the default export is not a confirmed winner: why
     confirmed: bool
-    parent: RunRow
+    parent: SearchRun
 
 
 def _one_line(value: Any) -> str:
@@ -46,13 +47,13 @@ def _fid(value: float | None) -> str:
     return f"{value:.2f}" if value is not None and math.isfinite(value) else "not recorded"
 
 
-def _confirm_seeds(parent: RunRow) -> int | None:
+def _confirm_seeds(parent: SearchRun) -> int | None:
     """How many confirmation seeds the search used, from its logged ``search`` params."""
     seeds = parse_param(parent.params.get(f"{names.PARAM_SEARCH}.confirm.seeds", ""))
     return len(seeds) if isinstance(seeds, list) and seeds else None
 
 
-def _confirm_enabled(parent: RunRow) -> bool:
+def _confirm_enabled(parent: SearchRun) -> bool:
     return parse_param(parent.params.get(f"{names.PARAM_SEARCH}.confirm.enabled", "")) is True
 
 
@@ -67,7 +68,7 @@ def _read_config(text: str, artifact: str, run_id: str) -> dict[str, Any]:
     return json.loads(json.dumps(raw, default=str))  # a date-like value stays a string
 
 
-def _header(parent: RunRow, confirmed: bool, sections: Sequence[str] | None) -> list[str]:
+def _header(parent: SearchRun, confirmed: bool, sections: Sequence[str] | None) -> list[str]:
     search = _one_line(parent.tags.get(names.TAG_SEARCH) or parent.name)
     if confirmed:
         label = _one_line(parent.tags.get(names.TAG_CONFIRMED, "")) or "(no label recorded)"
