@@ -1,7 +1,8 @@
-"""Module boundaries of DESIGN.md 2, read from the source: every import, at any depth.
+"""Module boundaries of docs/design.md section 2, read from the source: every import, at any depth.
 
-Each "never" arrow of DESIGN.md is a rule here; a lazy import inside a function counts as much
-as one at the top. The trainer must also import with ray, optuna and mlflow absent.
+Each "never" arrow of the design is a rule here; a lazy import inside a function counts as much
+as one at the top. The trainer must also import with ray, optuna and mlflow absent, and
+``import tsearch.config`` must load neither torch nor a plugin (checked in a subprocess).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tsearch"
 
 # Modules that import nothing of tsearch: every layer may use them.
 LEAVES = {"tsearch.errors", "tsearch.labels", "tsearch.names", "tsearch.seeding"}
+# Modules (and packages) that import only the leaves (and, a package, itself).
+ON_LEAVES = {"tsearch.config", "tsearch.records", "tsearch.tracker"}
 
 # (importer prefix, imported prefix): DESIGN.md's "never" arrows.
 NEVER = [
@@ -26,8 +29,12 @@ NEVER = [
     ("tsearch.timesteps", "tsearch.train"),
     ("tsearch.diffusion", "tsearch.timesteps"),
     ("tsearch.tracking", "tsearch.search"),
-    ("tsearch.tracker", "tsearch.tracking"),
+    ("tsearch.report", "tsearch.tracking"),
 ]
+TIMESTEPS = "tsearch.timesteps"
+REGISTRY = "tsearch.timesteps.registry"
+# Not plugins, though the registry imports them: the contracts and private helpers.
+SHARED = {"tsearch.timesteps.base"}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -64,28 +71,63 @@ def _under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+def plugins(edges: dict[str, set[str]], top: str = "tsearch") -> set[str]:
+    """The timestep plugins: the modules the registry imports, but the contracts and private
+    helpers (``_name``), which any plugin may use."""
+    ts = TIMESTEPS.replace("tsearch", top, 1)
+    shared = {m.replace("tsearch", top, 1) for m in SHARED}
+    return {m for m in edges.get(REGISTRY.replace("tsearch", top, 1), set())
+            if m in edges and _under(m, ts) and m != ts and m not in shared
+            and not m.rpartition(".")[2].startswith("_")}
+
+
 def violations(edges: dict[str, set[str]], top: str = "tsearch") -> list[str]:
     """Each module that breaks a rule, once per rule: 'importer -> imported (rule)'."""
     bad: dict[tuple[str, str], str] = {}
     leaves = {m.replace("tsearch", top, 1) for m in LEAVES}
+    on_leaves = {m.replace("tsearch", top, 1) for m in ON_LEAVES}
+    plugin = plugins(edges, top)
     for src, targets in edges.items():
-        if src == top:  # the package's own __init__ (it registers the plugins)
+        if src == top:  # the package's own __init__
             continue
         for dst in sorted(targets - {top}):
             for a, b in NEVER:
                 a, b = a.replace("tsearch", top, 1), b.replace("tsearch", top, 1)
                 if _under(src, a) and _under(dst, b):
                     bad.setdefault((src, b), f"{src} -> {dst} (never {a} -> {b})")
-            if src == f"{top}.config" and not any(_under(dst, leaf) for leaf in leaves):
-                bad.setdefault((src, "config"),
-                               f"{src} -> {dst} (config imports only {sorted(leaves)})")
+            home = next((m for m in on_leaves if _under(src, m)), None)
+            if home and not _under(dst, home) and not any(_under(dst, x) for x in leaves):
+                bad.setdefault((src, "on-leaves"),
+                               f"{src} -> {dst} ({home} imports only {sorted(leaves)})")
             if src in leaves:
                 bad.setdefault((src, "leaf"), f"{src} -> {dst} (a leaf imports nothing)")
+            if src in plugin and dst in plugin and dst != src:
+                bad.setdefault((src, "plugin"),
+                               f"{src} -> {dst} (a timesteps plugin imports no other plugin)")
     return sorted(bad.values())
 
 
 def test_no_never_arrow_in_the_source():
     assert violations(graph(PACKAGE)) == []
+
+
+# A small tree with every kind of module the rules name, and what each imports when all is well.
+TREE = {
+    "__init__.py": "", "errors.py": "", "names.py": "", "seeding.py": "", "labels.py": "",
+    "records.py": "from pkg import names\n", "tracker.py": "from pkg.names import TAG\n",
+    "config/__init__.py": "from pkg.config.schema import Config\n",
+    "config/schema.py": "from pkg.errors import E\nfrom pkg import names\n",
+    "train/__init__.py": "", "train/loop.py": "from pkg.timesteps import registry\n",
+    "timesteps/__init__.py": "", "timesteps/base.py": "from pkg.config import Config\n",
+    "timesteps/_cells.py": "from pkg.timesteps.base import Params\n",
+    "timesteps/lognormal.py": "from pkg.timesteps._cells import cell\n",
+    "timesteps/laplace.py": "from pkg.timesteps.base import Params\n",
+    "timesteps/registry.py": "from pkg.timesteps import base, lognormal, laplace, _cells\n",
+    "diffusion/__init__.py": "", "diffusion/schedule.py": "",
+    "tracking/__init__.py": "", "tracking/queries.py": "from pkg.records import TrialRecord\n",
+    "search/__init__.py": "", "search/tuner.py": "from pkg.tracking import queries\n",
+    "report/__init__.py": "", "report/analysis.py": "from pkg.records import TrialRecord\n",
+}
 
 
 @pytest.mark.parametrize("importer,line", [
@@ -94,24 +136,37 @@ def test_no_never_arrow_in_the_source():
     ("train/loop.py", "from ..search import tuner"),
     ("timesteps/base.py", "import pkg.train.loop"),
     ("diffusion/schedule.py", "from pkg.timesteps import base"),
-    ("config.py", "from pkg.timesteps import registry"),
+    ("config/schema.py", "from pkg.timesteps import registry"),
+    ("config/schema.py", "def f():\n    from ..timesteps.laplace import Params\n"),
+    ("config/__init__.py", "import torch\nfrom pkg.diffusion import schedule"),
+    ("records.py", "from pkg.tracking.queries import x"),
     ("tracking/queries.py", "from pkg import search"),
     ("names.py", "from pkg.config import Config"),
+    ("report/analysis.py", "from pkg.tracking.queries import TrialRecord"),
+    ("report/analysis.py", "def f():\n    from pkg import tracking\n"),
+    ("timesteps/laplace.py", "from pkg.timesteps.lognormal import cell"),
+    ("timesteps/lognormal.py", "from .laplace import LaplaceSampler"),
 ])
 def test_an_added_arrow_is_caught(tmp_path, importer, line):
-    """The checker itself: a tree with one forbidden import added is reported."""
+    """The checker itself: a tree with one forbidden import added is reported, once."""
     root = tmp_path / "pkg"
-    for rel in ["__init__.py", "config.py", "errors.py", "names.py", "seeding.py",
-                "train/__init__.py", "train/loop.py", "timesteps/__init__.py",
-                "timesteps/base.py", "diffusion/__init__.py", "diffusion/schedule.py",
-                "tracking/__init__.py", "tracking/queries.py", "search/__init__.py",
-                "search/tuner.py"]:
+    for rel, text in TREE.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text("from pkg.errors import E\n" if rel == "config.py" else "")
+        (root / rel).write_text(text)
     assert violations(graph(root), top="pkg") == []
-    (root / importer).write_text(line + "\n")
+    assert plugins(graph(root), top="pkg") == {"pkg.timesteps.lognormal", "pkg.timesteps.laplace"}
+    path = root / importer
+    path.write_text(path.read_text() + line + "\n")
     found = violations(graph(root), top="pkg")
     assert len(found) == 1, found
+
+
+def test_the_source_has_plugins_to_check():
+    """The plugin rule reads the registry: it must find the samplers (else it checks nothing)."""
+    found = plugins(graph(PACKAGE))
+    assert {"tsearch.timesteps.uniform", "tsearch.timesteps.laplace",
+            "tsearch.timesteps.adaptive"} <= found
+    assert "tsearch.timesteps.base" not in found
 
 
 BLOCKER = textwrap.dedent("""
@@ -146,3 +201,19 @@ def test_train_imports_without_ray_optuna_mlflow():
 def test_blocker_really_blocks():
     proc = run("import mlflow")
     assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+def test_config_imports_no_torch_and_no_plugin():
+    """The leaf in fact, not only in the source: importing config loads nothing above it."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import tsearch.config
+        leaves = {"tsearch", "tsearch.errors", "tsearch.labels", "tsearch.names",
+                  "tsearch.seeding"}
+        ours = [m for m in sys.modules if m.split(".")[0] == "tsearch"
+                and m not in leaves and not m.startswith("tsearch.config")]
+        heavy = [m for m in sys.modules if m.split(".")[0] in {"torch", "numpy", "ray", "mlflow"}]
+        print(sorted(ours), sorted(heavy))
+    """)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] []"
