@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tsearch"
 
 # Modules that import nothing of tsearch: every layer may use them.
-LEAVES = {"tsearch.errors", "tsearch.labels", "tsearch.names", "tsearch.seeding"}
+LEAVES = {"tsearch.errors", "tsearch.labels", "tsearch.log", "tsearch.names", "tsearch.seeding"}
 # Modules (and packages) that import only the leaves (and, a package, itself).
 ON_LEAVES = {"tsearch.config", "tsearch.records", "tsearch.tracker"}
 
