@@ -258,6 +258,7 @@ def train_run(config: str, sampler: str, kimgs: Sequence[float], seed: int, work
               threads: int) -> list[dict[str, Any]]:
     """Train one run with ``sampler`` (at its paper's weighting) and keep its EMA weights at
     each of ``kimgs``; returns the model records. An interrupted run resumes exactly."""
+    from tsearch.log import quiet
     from tsearch.timesteps import SAMPLERS
     from tsearch.train import train
     from tsearch.train.checkpoint import list_checkpoints, load_checkpoint
@@ -274,8 +275,9 @@ def train_run(config: str, sampler: str, kimgs: Sequence[float], seed: int, work
     resume = bool(list_checkpoints(ckpt_dir))
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)
-    result = train(cfg, run_dir=run_dir, resume=resume, evaluate=False, checkpoint_dir=ckpt_dir,
-                   keep_checkpoints=len(points) + 1, log=lambda _msg: None)
+    with quiet():
+        result = train(cfg, run_dir=run_dir, resume=resume, evaluate=False,
+                       checkpoint_dir=ckpt_dir, keep_checkpoints=len(points) + 1)
     found = list_checkpoints(ckpt_dir)
     if len(found) != len(points):
         raise RuntimeError(f"run {sampler}: {len(found)} checkpoints for {len(points)} points")

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tsearch import names  # noqa: E402
+from tsearch.log import quiet  # noqa: E402
 from tsearch.timesteps import SAMPLERS, load_config  # noqa: E402
 from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
@@ -36,7 +37,8 @@ from tsearch.train import train  # noqa: E402
 def images_per_s(cfg, steps: int) -> tuple[float, float]:
     """Mean images/s over the timed intervals (the first interval is warm-up)."""
     tracker = NullTracker()
-    train(cfg, tracker=tracker, evaluate=False, max_steps=steps, log=lambda _: None)
+    with quiet():
+        train(cfg, tracker=tracker, evaluate=False, max_steps=steps)
     rates = [v for _, v in tracker.history[names.IMAGES_PER_S]][1:]
     probe = tracker.history[names.PROBE_FORWARDS][-1][1]
     return statistics.fmean(rates), probe

@@ -142,6 +142,7 @@ def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Pa
 def _confirm_run(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, float | None]:
     """One confirmation training (its own process, one thread): final FID on ``seed``."""
     config, values, seed, work = args
+    from tsearch.log import quiet
     from tsearch.timesteps import validate_config
     from tsearch.train import train
 
@@ -153,7 +154,8 @@ def _confirm_run(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, float
                             "eval.at_kimg": [total], "eval.cache_dir": f"{work}/cache",
                             "train.out_dir": f"{work}/runs"})
     try:
-        result = train(validate_config(raw), log=lambda _msg: None)
+        with quiet():
+            result = train(validate_config(raw))
     except Exception as exc:  # a diverged or failed run is a result (no FID), not a crash
         print(f"  seed {seed}: run failed ({str(exc).splitlines()[0][:200]})", flush=True)
         return seed, None

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tsearch import names  # noqa: E402
 from tsearch.data import InfiniteLoader, load_images  # noqa: E402
 from tsearch.diffusion.model import build_model  # noqa: E402
+from tsearch.log import quiet  # noqa: E402
 from tsearch.timesteps import load_config  # noqa: E402
 from tsearch.tracker import NullTracker  # noqa: E402
 from tsearch.train import train  # noqa: E402
@@ -37,7 +38,8 @@ from tsearch.train import train  # noqa: E402
 def ours(cfg, steps: int, warmup: int) -> float:
     """Images/s of tsearch's loop, from its own per-interval timing (setup excluded)."""
     tracker = NullTracker()
-    train(cfg, tracker=tracker, evaluate=False, max_steps=steps + warmup, log=lambda _: None)
+    with quiet():
+        train(cfg, tracker=tracker, evaluate=False, max_steps=steps + warmup)
     rates = [v for _, v in tracker.history[names.IMAGES_PER_S]]
     # The first log interval covers the warm-up steps (allocator, first-call overheads).
     return statistics.fmean(rates[1:]) if len(rates) > 1 else rates[0]

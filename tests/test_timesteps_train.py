@@ -65,7 +65,42 @@ def test_sampler_trains(tmp_path, name, process):
 @pytest.mark.parametrize("process", sorted(PROCESS))
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
 def test_weighting_trains(tmp_path, name, process):
-    run(tmp_path, f"timesteps.weighting.name={name}", *PROCESS[process])
+    """The trainer optimises w(t) L, with the weighting's own w(t), and w(t) is not all ones.
+
+    A recording uniform sampler keeps every step's drawn t, unweighted losses and the weighting's
+    w(t) as it stood for that step (``observe`` runs before the objective and the optimizer step).
+    Logging every step, each logged ``train/loss`` must be that step's mean of w(t) L (for EDM2's
+    learned weighting, L e^{-u} + u with u = -log w). A weighting whose table is ones fails the
+    second check; a trainer that ignores the weighting fails the first.
+    """
+    cfg = load_config(SMOKE, [f"train.out_dir={tmp_path}/runs", f"eval.cache_dir={tmp_path}/c",
+                              "train.total_kimg=0.64", "train.log_every_kimg=0.032",
+                              f"timesteps.weighting.name={name}", *PROCESS[process]])
+    seen: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
+
+    class Recording(SAMPLERS["uniform"]):
+        def observe(self, draw, losses, ctx):
+            seen.append((draw.t.clone(), losses.double().clone(), ctx.weighting.snapshot()))
+            super().observe(draw, losses, ctx)
+
+    d = cfg.diffusion
+    sampler = Recording(NoiseSchedule.create(d.schedule, d.num_timesteps, d.variance), seed=0)
+    tracker = NullTracker()
+    result = train(cfg, tracker=tracker, sampler=sampler, evaluate=False)
+    assert result.steps == STEPS == len(seen)
+    logged = [v for _, v in tracker.history["train/loss"]]
+    expected, unweighted = [], []
+    for t, losses, table in seen:
+        w = torch.as_tensor(table)[t]
+        extra = -w.log() if name == "uncertainty" else torch.zeros_like(w)
+        expected.append(float((losses * w + extra).mean()))
+        unweighted.append(float(losses.mean()))
+    # float32 losses and weights summed over a batch of 32: relative error well under 1e-5.
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+    if name == "none":
+        assert all(np.array_equal(table, np.ones_like(table)) for _, _, table in seen)
+    else:  # the weighting changed what was optimised
+        assert not np.allclose(expected, unweighted, rtol=1e-4)
 
 
 def test_lsm_with_vlb_learns_from_the_weighted_loss(tmp_path):

@@ -229,7 +229,8 @@ def _records(path: Path) -> list[tuple[int, tuple[str, ...]]]:
             for r in rows]
 
 
-def test_corrupt_newest_checkpoint_is_skipped_and_records_are_not_repeated(tmp_path):
+def test_corrupt_newest_checkpoint_is_skipped_and_records_are_not_repeated(tmp_path,
+                                                                           tsearch_lines):
     """Resume from the previous checkpoint with one warning; replayed records are not rewritten."""
     overrides = ("train.total_kimg=0.256", "eval.every_kimg=0.064", "train.log_every_kimg=0.032")
     full = train(smoke(tmp_path / "a", *overrides), evaluate=False)
@@ -239,8 +240,9 @@ def test_corrupt_newest_checkpoint_is_skipped_and_records_are_not_repeated(tmp_p
     assert [p.name for p in ckpts] == ["ckpt-000000064.pt", "ckpt-000000128.pt"]
     ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])
     lines_before = (part.run_dir / "metrics.jsonl").read_text().splitlines()
-    said: list[str] = []
-    resumed = train(cfg, run_dir=part.run_dir, resume=True, evaluate=False, log=said.append)
+    said = tsearch_lines
+    said.clear()
+    resumed = train(cfg, run_dir=part.run_dir, resume=True, evaluate=False)
     assert resumed.steps == 8
     warnings = [m for m in said if m.startswith("warning:")]
     assert len(warnings) == 1 and "ckpt-000000128.pt" in warnings[0], said
@@ -274,12 +276,12 @@ class _DyingTracker(NullTracker):
         super().finish(status, reason)
 
 
-def test_tracker_failure_mid_run_degrades_to_the_run_directory(tmp_path):
+def test_tracker_failure_mid_run_degrades_to_the_run_directory(tmp_path, tsearch_lines):
     cfg = smoke(tmp_path, "train.total_kimg=0.192", "eval.every_kimg=0.064",
                 "train.log_every_kimg=0.032")
     tracker = _DyingTracker(alive=2)
-    said: list[str] = []
-    result = train(cfg, tracker=tracker, evaluate=False, log=said.append)
+    said = tsearch_lines
+    result = train(cfg, tracker=tracker, evaluate=False)
     assert result.steps == 6
     warnings = [m for m in said if "tracking" in m]
     assert len(warnings) == 1 and "no such table" in warnings[0], said

@@ -33,14 +33,23 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+def _console() -> _Stderr:
+    """The one console handler on the ``tsearch`` logger, added the first time it is asked for."""
+    root = logging.getLogger(ROOT)
+    for handler in root.handlers:
+        if isinstance(handler, _Stderr):
+            return handler
+    handler = _Stderr()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    root.propagate = False
+    return handler
+
+
 def get_logger(name: str) -> logging.Logger:
     """A module's logger (``get_logger(__name__)``), with the console handler set up once."""
-    root = logging.getLogger(ROOT)
-    if not any(isinstance(h, _Stderr) for h in root.handlers):
-        root.addHandler(_Stderr())
-        if root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
-        root.propagate = False
+    _console()
     return logging.getLogger(name)
 
 
@@ -54,3 +63,15 @@ def quiet(level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         root.setLevel(before)
+
+
+@contextlib.contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Start each line with ``prefix`` while inside: on the driver, a trial's lines name it."""
+    handler = _console()
+    before = handler.formatter
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    try:
+        yield
+    finally:
+        handler.setFormatter(before)

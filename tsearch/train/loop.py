@@ -9,7 +9,6 @@ passes one that calls ``tune.report``).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from tsearch import names
 from tsearch.config import Config, EvalConfig
 from tsearch.diffusion.loss import per_sample_mse
 from tsearch.diffusion.model import count_parameters
+from tsearch.log import get_logger
 from tsearch.metrics import EvalSetting, Evaluations, build_evaluations
 from tsearch.timesteps import StepContext, TimestepSampler
 from tsearch.tracker import NullTracker, Tracker, exception_reason, resilient
@@ -30,6 +30,8 @@ from tsearch.train.progress import Progress
 from tsearch.train.rundir import RunRecorder, TrainResult, new_run_dir
 from tsearch.train.state import TrainState, autocast_dtype, build_state
 from tsearch.train.stats import LossStats, WallClock, divergence
+
+log = get_logger(__name__)
 
 ReportFn = Callable[[dict[str, float], Path], None]
 
@@ -50,7 +52,6 @@ def train(
     on_report: ReportFn | None = None,
     evaluate: bool = True,
     max_steps: int | None = None,
-    log: Callable[[str], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     keep_checkpoints: int = 2,
     started: float | None = None,
@@ -71,17 +72,15 @@ def train(
             it may raise :class:`RunStopped` to end the run there.
         evaluate: run ``eval.metrics`` at evaluation points (checkpoints are written either way).
         max_steps: stop after this many optimizer steps (benchmarks, tests).
-        log: where one-line messages go (stderr by default).
         checkpoint_dir: where checkpoints go (default: ``run_dir/checkpoints``); a Ray trial
             passes a scratch directory, as Tune keeps the reported copies.
         keep_checkpoints: how many of the newest checkpoints ``checkpoint_dir`` keeps.
         started: ``time.perf_counter()`` when the caller's work began (a trial's set-up is
             its overhead too); the ``perf/*`` shares count from it. Default: now.
-        summary: say the one-line summary at the end (a search's driver says its own).
+        summary: log the one-line summary at the end (a search's driver says its own).
     """
-    # Set up messages, the tracker, threads and the clock.
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    tracker = resilient(tracker or NullTracker(), say)
+    # Set up the tracker, threads and the clock.
+    tracker = resilient(tracker or NullTracker(), log.warning)
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -99,8 +98,8 @@ def train(
 
         # Resume from the newest readable checkpoint.
         if resume:
-            path = st.resume(ckpt_dir, warn=say)
-            say(f"resumed from {path} at {st.kimg:.2f} kimg (step {st.step})")
+            path = st.resume(ckpt_dir, warn=log.warning)
+            log.info(f"resumed from {path} at {st.kimg:.2f} kimg (step {st.step})")
         total_images = int(round(tc.total_kimg * 1000))
         eval_points = when_to_evaluate(cfg.eval.every_kimg, cfg.eval.at_kimg, st.images_seen)
         log_points = Every(tc.log_every_kimg, st.images_seen)
@@ -157,7 +156,7 @@ def train(
     result = TrainResult(run_dir=recorder.dir.path, run_id=tracker.run_id, steps=st.step,
                          kimg=st.kimg, seconds=seconds, evals=st.evals)
     if summary:
-        say(result.summary_line(n_params))
+        log.info(result.summary_line(n_params))
     return result
 
 
