@@ -113,8 +113,13 @@ def test_vp_generation_equals_the_oracle(method, eta, variance, name, prediction
     schedule = NoiseSchedule.create(name, variance=variance)
     model = _tiny_unet()
     kwargs = dict(method=method, steps=10, eta=eta, prediction=prediction, seed=3)
+    # Same batches on both sides: the batch size changes the network's GEMM shapes, and DDIM's
+    # x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) at t near T on the linear schedule amplifies that
+    # rounding (the oracle alone moves 1.8e-5 between batches of 3 and 5). At equal batches ours
+    # and the oracle differ by at most 2.1e-6 over all 16 cases at 1 and 2 threads; 1e-5 is 5x
+    # that. Batch independence is the per-image tests' job below (exact, on a cheap network).
     ours = generate_images(model, schedule, 5, (1, 8, 8), batch_size=3, **kwargs)
-    reference = oracle_generate(model, schedule, 5, (1, 8, 8), batch_size=5, **kwargs)
+    reference = oracle_generate(model, schedule, 5, (1, 8, 8), batch_size=3, **kwargs)
     assert (ours - reference).abs().max() <= 1e-5
 
 
@@ -126,7 +131,7 @@ def test_flow_generation_equals_the_oracle(method, steps):
     ours = generate_images(model, schedule, 5, (1, 8, 8), method=method, steps=steps, seed=3,
                            batch_size=2)
     reference = oracle_generate(model, schedule, 5, (1, 8, 8), method=method, steps=steps,
-                                seed=3)
+                                seed=3, batch_size=2)  # the same GEMM shapes, as above
     assert (ours - reference).abs().max() <= 1e-5
 
 
