@@ -680,7 +680,7 @@ def test_tracking_uri_password_is_masked(capfd, here, args):
 def test_search_result_lines_mask_the_tracking_uri(capfd):
     from types import SimpleNamespace
 
-    from tsearch.cli.main import _print_search_result
+    from tsearch.cli.search import _print_search_result
 
     capfd.readouterr()
     _print_search_result(SimpleNamespace(name="s", trials=[], seconds=1.0, parent_run_id="p",
