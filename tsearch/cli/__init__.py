@@ -1,0 +1,1 @@
+"""The `tsearch` command line: one module per command group, assembled in `main.py`."""
