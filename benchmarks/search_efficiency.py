@@ -199,8 +199,9 @@ def searched_values(trial_config: dict[str, Any], labels: Sequence[str]) -> dict
 
 def default_configs(config: str) -> dict[str, dict[str, Any]]:
     """Every sampler of the space at its registry defaults (the paper defaults)."""
-    from tsearch.search.space import SearchSpace, default_points
-    from tsearch.search.tuner import base_config
+    from tsearch.search.defaults import default_points
+    from tsearch.search.plan import base_config
+    from tsearch.search.space import SearchSpace
 
     cfg = load_config(config)
     space = SearchSpace.from_config(cfg)

@@ -3,15 +3,19 @@
 ``run_cli`` calls the real entry point (``tsearch.cli.main.main``) in this process, which is
 ~2 s faster per case than a subprocess; an exception escaping ``main`` is what a user would see
 as a traceback, so it is returned as such. ``run_cli_subprocess`` is for cases that start Ray or
-depend on what another process prints (warnings, logging handlers).
+depend on what another process prints (warnings, logging handlers). ``logged`` collects the
+lines tsearch's own loggers print, without what other libraries write on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +69,27 @@ def assert_one_line(result: CliResult, *fragments: str, code: int = 2) -> None:
     assert len(result.err_lines) == 1, result.err
     for fragment in fragments:
         assert fragment in result.err, (fragment, result.err)
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged() -> Iterator[list[str]]:
+    """The messages tsearch's loggers print while inside (they still print, too)."""
+    from tsearch.log import ROOT, get_logger
+
+    lines: list[str] = []
+    handler = _Lines(lines)
+    root = get_logger(ROOT)
+    root.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)

@@ -778,7 +778,7 @@ def test_credentials_are_neither_logged_nor_exported(tmp_path):
     """A trial logs its whole config as params, and a search exports its best config."""
     import json
 
-    from tsearch.search.tuner import _masked
+    from tsearch.search.parent_run import _masked
     from tsearch.tracker import NullTracker
     from tsearch.train import train
 

@@ -26,8 +26,9 @@ from tsearch import names
 from tsearch.records import TrialRecord
 from tsearch.search import confirm as confirming
 from tsearch.search.algorithms import get_algorithm
-from tsearch.search.space import SearchSpace, default_points
-from tsearch.search.tuner import asha_milestones, base_config, plan
+from tsearch.search.defaults import default_points
+from tsearch.search.plan import asha_milestones, base_config, plan
+from tsearch.search.space import SearchSpace
 from tsearch.timesteps import SAMPLERS, load_config
 from tsearch.train.points import At
 

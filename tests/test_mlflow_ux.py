@@ -13,8 +13,8 @@ from tests.cli_harness import run_cli
 from tsearch import labels, names
 from tsearch.records import TrialRecord
 from tsearch.search.confirm import Confirmation, ConfirmRow
+from tsearch.search.results import SearchResult
 from tsearch.search.summary import markdown
-from tsearch.search.tuner import SearchResult
 from tsearch.tracking import MlflowTracker, ensure_experiment
 from tsearch.tracking.closing import close_trial_run
 

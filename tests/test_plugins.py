@@ -113,7 +113,7 @@ def test_unknown_evaluations_are_config_errors(tmp_path):
 
 
 def test_a_search_needs_an_evaluation_that_computes_its_metric(tmp_path, monkeypatch):
-    from tsearch.search.tuner import plan
+    from tsearch.search.plan import plan
 
     monkeypatch.setitem(EVALUATIONS, MeanPixel.name, MeanPixel)
     with pytest.raises(ConfigError, match="computes the search metric 'eval/fid'; add fid"):

@@ -14,8 +14,10 @@ from mlflow import MlflowClient
 from tsearch import names
 from tsearch.config import Config
 from tsearch.search.algorithms import ALGORITHMS, Proposal, SearchAlgorithm
+from tsearch.search.plan import plan
+from tsearch.search.results import SearchResult
 from tsearch.search.space import GRID_KEY, SearchSpace
-from tsearch.search.tuner import SearchResult, plan, run_search
+from tsearch.search.tuner import run_search
 from tsearch.timesteps import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from tsearch.errors import ConfigError
+from tsearch.search.plan import plan
 from tsearch.search.space import SearchSpace
-from tsearch.search.tuner import plan
 from tsearch.timesteps import load_config
 
 SPACE = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cli_harness
 import pytest
 from mlflow import MlflowClient
 
@@ -44,14 +45,14 @@ def test_stopped_run_leaves_its_plots_to_the_driver(tmp_path):
     assert not list(run_dir.glob("*.png")) and not client.list_artifacts(run.info.run_id, "plots")
     assert plot_names(run_dir) == ["p_t_heatmap.png", "w_t_heatmap.png", "fid_curve.png"]
 
-    said: list[str] = []
     # A driver that cannot read the run directory (a bucket) draws from the MLflow run ...
-    added = complete_plots(None, tracker.run_id, uri, "uniform", said.append)
-    assert sorted(added) == ["fid_curve.png", "p_t_heatmap.png"], said
-    # ... one that can draws from it, only what the run lacks, and nothing once it has them.
-    assert complete_plots(str(trial_dir), tracker.run_id, uri, "uniform",
-                          said.append) == ["w_t_heatmap.png"]
-    assert complete_plots(str(trial_dir), tracker.run_id, uri, "uniform", said.append) == []
+    with cli_harness.logged() as said:  # what complete_plots warns
+        added = complete_plots(None, tracker.run_id, uri, "uniform")
+        assert sorted(added) == ["fid_curve.png", "p_t_heatmap.png"], said
+        # ... one that can draws from it, only what the run lacks, and nothing once it has them.
+        assert complete_plots(str(trial_dir), tracker.run_id, uri,
+                              "uniform") == ["w_t_heatmap.png"]
+        assert complete_plots(str(trial_dir), tracker.run_id, uri, "uniform") == []
     assert not said
     logged = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
     assert set(logged) == {"plots/fid_curve.png", "plots/p_t_heatmap.png",

@@ -11,11 +11,12 @@ warm-started from it (slow).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_harness import assert_one_line, run_cli
+from cli_harness import assert_one_line, logged, run_cli
 
 from tsearch import names
 from tsearch.config import Config
@@ -242,10 +243,16 @@ def store(tmp_path_factory) -> str:
     return uri
 
 
-def test_warm_trials_are_the_search_phase_at_the_new_budget(store):
-    notes: list[str] = []
+@pytest.fixture
+def notes() -> Iterator[list[str]]:
+    """What tsearch logs during the test (warm_trials' note lines)."""
+    with logged() as lines:
+        yield lines
+
+
+def test_warm_trials_are_the_search_phase_at_the_new_budget(store, notes):
     cfg = smoke(SPACE)
-    warm = warm_trials(store, "a", cfg, SearchSpace.from_config(cfg), say=notes.append)
+    warm = warm_trials(store, "a", cfg, SearchSpace.from_config(cfg))
     assert [(w.params, w.value) for w in warm] == [
         ({SAMPLER: "speed", K: 6.0, LR: 2e-3}, 30.0),
         ({SAMPLER: "uniform", LR: 3e-4}, 80.0),
@@ -254,11 +261,11 @@ def test_warm_trials_are_the_search_phase_at_the_new_budget(store):
     ]
     assert notes == []
     cfg = smoke(SPACE, "train.total_kimg=0.2", "search.asha.grace_kimg=0.1")  # a shorter one
-    warm = warm_trials(store, "a", cfg, SearchSpace.from_config(cfg), say=notes.append)
+    warm = warm_trials(store, "a", cfg, SearchSpace.from_config(cfg))
     assert [w.value for w in warm] == [50.0, 80.0, 70.0]  # at 224 images; the old one has none
     # FIDs measured differently are told, not refused.
     cfg = smoke(SPACE, "eval.num_images=100")
-    warm_trials(store, "a", cfg, SearchSpace.from_config(cfg), say=notes.append)
+    warm_trials(store, "a", cfg, SearchSpace.from_config(cfg))
     assert len(notes) == 1 and "eval.num_images 200 there, 100 here" in notes[0], notes
 
 

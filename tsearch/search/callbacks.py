@@ -4,23 +4,23 @@ drawing the plots of trials Tune stopped."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from tsearch import labels, names
+from tsearch.log import get_logger
 from tsearch.search.space import flat_config
 from tsearch.search.trial_plots import complete_plots
+
+log = get_logger(__name__)
 
 
 class ProgressCallback(Callback):
     """One line per trial evaluation: which sampler (or bundle label), how far, what FID."""
 
-    def __init__(self, say: Callable[[str], None], labels: list[str] | None = None,
-                 sampler: str = ""):
-        self.say = say
+    def __init__(self, labels: list[str] | None = None, sampler: str = ""):
         self.labels = labels or []
         self.sampler = sampler  # the base config's: a trial that does not search it uses it
 
@@ -30,16 +30,16 @@ class ProgressCallback(Callback):
         config = flat_config(trial.config)
         name = " ".join(str(config[k]) for k in self.labels if k in config) \
             or config.get(labels.SAMPLER_KEY, self.sampler)
-        self.say(f"  {trial.trial_id} {name:<11} kimg {result.get(names.TIME_ATTR, 0):6.2f}  "
+        log.info(f"  {trial.trial_id} {name:<11} kimg {result.get(names.TIME_ATTR, 0):6.2f}  "
                  f"FID {fid:8.2f}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        self.say(f"  {trial.trial_id} ended at {last.get(names.TIME_ATTR, 0):.2f} kimg, "
+        log.info(f"  {trial.trial_id} ended at {last.get(names.TIME_ATTR, 0):.2f} kimg, "
                  f"FID {last.get(names.FID, math.nan):.2f}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(f"  {trial.trial_id} failed (see its MLflow run for the reason)")
+        log.info(f"  {trial.trial_id} failed (see its MLflow run for the reason)")
 
 
 class MlflowTrialCallback(Callback):
@@ -57,11 +57,9 @@ class MlflowTrialCallback(Callback):
     parent_run_id: str | None = None
     sampler: str = ""
 
-    def __init__(self, tracking_uri: str, say: Callable[[str], None], sampler: str = "",
-                 total_kimg: float | None = None, rungs: list[float] | None = None,
-                 parent_run_id: str | None = None):
+    def __init__(self, tracking_uri: str, sampler: str = "", total_kimg: float | None = None,
+                 rungs: list[float] | None = None, parent_run_id: str | None = None):
         self.uri = tracking_uri
-        self.say = say
         self.sampler = sampler  # the base config's: a trial that does not search it uses it
         self.total_kimg = total_kimg  # the phase's budget (a trial may search or set its own)
         self.rungs = rungs or []  # ASHA's milestones in kimg; none in a phase without ASHA
@@ -74,7 +72,7 @@ class MlflowTrialCallback(Callback):
                         parent_run_id=self.parent_run_id)
         result = trial.last_result or {}
         sampler = flat_config(trial.config).get(labels.SAMPLER_KEY, self.sampler)
-        complete_plots(trial.path, result.get(names.REPORT_RUN_ID), self.uri, sampler, self.say)
+        complete_plots(trial.path, result.get(names.REPORT_RUN_ID), self.uri, sampler)
 
     def end_reason(self, trial: Any) -> str:
         """finished, or stopped (by ASHA at its rung) before the trial's budget."""

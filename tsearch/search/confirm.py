@@ -1,15 +1,15 @@
 """The confirmation stage: a search's top configurations retrained on fresh seeds.
 
 A search's best trial is the minimum of many noisy trials on one training seed, so its FID
-flatters it (the winner's curse: 31.1 in the search, 39.1 +- 2.9 on fresh seeds, README). After
-the search phase the top-k distinct configurations and the baseline are trained again from
-scratch, at full budget and without early stopping, on seeds no search trial used
-(``search.confirm``), optionally at a larger scale (``confirm.set``). Their ranking by mean final
-FID over those seeds is the search's answer.
+flatters it (the winner's curse). After the search phase the top-k distinct configurations and
+the baseline are trained again from scratch, at full budget and without early stopping, on
+seeds no search trial used (``search.confirm``), optionally at a larger scale
+(``confirm.set``). Their ranking by mean final FID over those seeds is the search's answer.
 
-Pure functions here (candidates, cells, ranking); :mod:`tsearch.search.tuner` runs the trials.
-The ranking's kimg and compute to the baseline's final FID come from
-:func:`tsearch.report.analysis.build_report`, so they are the numbers ``tsearch report`` prints.
+Pure functions (candidates, cells, ranking), and :func:`run_phase`, which runs the trials as a
+second Tune experiment inside the search's. The ranking's kimg and compute to the baseline's
+final FID come from :func:`tsearch.report.analysis.build_report`, so they are the numbers
+``tsearch report`` prints.
 """
 
 from __future__ import annotations
@@ -19,17 +19,28 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tsearch import labels, names
 from tsearch.config import Config
-from tsearch.errors import ConfigError
+from tsearch.errors import ConfigError, TsearchError
 from tsearch.labels import SAMPLER_KEY, SEED_KEY, WEIGHTING_KEY
+from tsearch.log import get_logger
 from tsearch.names import METHOD_KEY
 from tsearch.records import TrialRecord
-from tsearch.search.space import SearchSpace, default_point, resolve_trial_config
+from tsearch.search import phase, tune_state
+from tsearch.search.defaults import default_point
+from tsearch.search.space import GRID_KEY, SearchSpace, resolve_trial_config
+from tsearch.search.trial_plots import complete_phase_plots
+
+if TYPE_CHECKING:
+    from tsearch.search.parent_run import ParentRun
+    from tsearch.search.results import SearchResult
+
+log = get_logger(__name__)
+CONFIRM_SUBDIR = "confirm"  # the confirmation phase's Tune experiment, inside the search's
 
 
 @dataclass
@@ -232,6 +243,74 @@ def cells(cands: Sequence[Candidate], seeds: Sequence[int],
             for seed in seeds for c in cands]
 
 
+# --- The confirmation runs ---------------------------------------------------------------------
+def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun, *,
+              base: dict[str, Any], meta: phase.TrialMeta, state: dict[str, Any]) -> None:
+    """Retrain the top configurations and the baseline on fresh seeds; rank them by mean FID.
+
+    ``state`` is the search's state file: the candidates are saved there when the phase begins,
+    so a resumed phase runs the same ones.
+    """
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tsearch.search.results import trial_records
+
+    cfg, checked = ctx.cfg, ctx.checked
+    c, s = cfg.search.confirm, cfg.search
+    cexp = ctx.exp_path / CONFIRM_SUBDIR
+    saved = state.get("confirm", {}).get("candidates")
+    if saved:  # resumed: the candidates chosen when the phase began
+        cands = [Candidate(**x) for x in saved]
+    else:
+        point = baseline_point(cfg, checked.space, base, checked.points)
+        cands = candidates(result.trials, checked.space.labels, c.top_k, point,
+                           sampler=cfg.timesteps.sampler.name)
+        state["confirm"] = {"candidates": [asdict(x) for x in cands]}
+        tune_state.write_state(ctx.exp_path / names.SEARCH_STATE, state)
+    used = {int(t.values.get(SEED_KEY, cfg.train.seed)) for t in result.trials}
+    if used & set(c.seeds):  # plan() checked the space; this checks what really ran
+        raise TsearchError(f"search.confirm.seeds {sorted(used & set(c.seeds))} were used by "
+                           "search trials; confirmation needs fresh seeds")
+    kimg = c.set.get(names.TOTAL_KIMG_KEY, cfg.train.total_kimg)
+    log.info(f"confirmation: {len(cands)} configurations x {len(c.seeds)} fresh seeds "
+             f"({', '.join(map(str, c.seeds))}) at {kimg:g} kimg, no early stopping"
+             + (f"; with {', '.join(f'{k}={v}' for k, v in c.set.items())}" if c.set else ""))
+    for cand in cands:
+        fid = f"search FID {cand.search_fid:.2f}" if cand.search_fid is not None else "not a trial"
+        log.info(f"  {cand.label}  ({fid}{', baseline' if cand.baseline else ''})")
+    cbase = {**base, "eval": {**base["eval"], "at_kimg": list(cfg.eval.at_kimg)}}
+    trainable = phase.trainable(ctx, cbase, meta.for_phase(names.PHASE_CONFIRM))
+    if ctx.resume and tune.Tuner.can_restore(str(cexp)):
+        log.info(f"resuming {cexp}")
+        tune_state.mend_state(cexp, f"{checked.name}/{CONFIRM_SUBDIR}", checked.name)
+        tune_state.stub_pruned_checkpoints(cexp)
+        tuner = tune.Tuner.restore(str(cexp), trainable=trainable, resume_errored=True,
+                                   restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={GRID_KEY: tune.grid_search(cells(cands, c.seeds, c.set))},
+            tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(),
+                                        max_concurrent_trials=c.max_concurrent or
+                                        s.max_concurrent, reuse_actors=s.reuse_actors),
+            run_config=phase.run_config(ctx, CONFIRM_SUBDIR, _join(ctx.storage, checked.name),
+                                        [METHOD_KEY], cbase, ends=(kimg, [], parent.run_id)))
+    grid = tuner.fit()
+    tune_state.prune_checkpoints(cexp, s.num_to_keep)
+    result.confirm_trials = trial_records(grid)
+    complete_phase_plots(result.confirm_trials, cbase, ctx.uri)
+    result.confirmation = rank(
+        cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
+        parent_run_id=parent.run_id, tracking_uri=ctx.uri)
+    parent.record_confirmation(result, base, c.set)
+
+
+def _join(storage: str, *parts: str) -> str:
+    """A path under the search storage, which may be a URI (s3://...) that Path would mangle."""
+    return "/".join([storage.rstrip("/"), *parts])
+
+
 # --- After them ---------------------------------------------------------------------------------
 def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Sequence[int],
          overrides: Mapping[str, Any], *, search: str, parent_run_id: str,
@@ -308,31 +387,3 @@ def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float |
     if n_a == 0 or n_b == 0:
         return None
     return concordant / math.sqrt(n_a * n_b)
-
-
-def best_config_yaml(raw: Mapping[str, Any], conf: Confirmation, search: str,
-                     parent_run_id: str | None) -> str:
-    """The confirmed winner's config file, its header saying what was confirmed and how."""
-    import yaml
-
-    w = conf.winner
-    assert w is not None
-    spread = f" ± {w.std:.2f}" if w.std is not None else ""
-    speed = (f", {w.speedup_kimg:.2f}x the baseline's speed to its final FID"
-             if w.speedup_kimg is not None else "")
-    head = (f"# Confirmed winner of search {search!r}: {w.label}\n"
-            f"# FID {w.mean:.2f}{spread} over training seeds {', '.join(map(str, w.seeds))} "
-            f"(fresh: no search trial used them){speed}; search FID "
-            + (f"{w.search_fid:.2f}" if w.search_fid is not None else "n/a")
-            + f" (MLflow parent run {parent_run_id}).\n"
-            "# Train it alone: tsearch train THIS_FILE\n"
-            "# In your own loop: tsearch.timesteps.from_config(THIS_FILE)\n")
-    return head + yaml.safe_dump(dict(raw), sort_keys=False)
-
-
-def phase_meta(meta: Mapping[str, Any], phase: str) -> dict[str, Any]:
-    """The trainable's meta for one phase: its tag, and the label keys it drops."""
-    out = {**meta, "phase": phase}
-    if phase == names.PHASE_CONFIRM:
-        out["labels"] = [METHOD_KEY]
-    return out

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tsearch.errors import TsearchError
+from tsearch.log import get_logger
+
+log = get_logger(__name__)
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -105,8 +107,7 @@ def ray_temp_root() -> Path | None:
     return None if session is None else session.parent
 
 
-def end_session(session_dir: Path, keep_logs: bool = False,
-                say: Callable[[str], None] | None = None) -> None:
+def end_session(session_dir: Path, keep_logs: bool = False) -> None:
     """Stop the local Ray this process started and delete its session directory.
 
     A session directory holds Ray's logs, sockets and spilled objects (hundreds of MB after a
@@ -120,9 +121,8 @@ def end_session(session_dir: Path, keep_logs: bool = False,
     if ray.is_initialized():
         ray.shutdown()
     if keep_logs:
-        if say is not None:
-            say(f"Ray's logs of this search: {session_dir / 'logs'} (delete {session_dir} when "
-                "done)")
+        log.info(f"Ray's logs of this search: {session_dir / 'logs'} (delete {session_dir} when "
+                 "done)")
         return
     latest = session_dir.parent / "session_latest"
     if latest.is_symlink() and latest.resolve() == session_dir.resolve():

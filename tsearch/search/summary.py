@@ -23,7 +23,7 @@ def best_title(result: Any, seconds: bool = True) -> str:
 
 
 def best_rows(result: Any, limit: int = SHOWN) -> list[list[str]]:
-    """The ``limit`` best trials of a :class:`~tsearch.search.tuner.SearchResult`, one row each
+    """The ``limit`` best trials of a :class:`~tsearch.search.results.SearchResult`, one row each
     under :data:`BEST_COLUMNS`."""
     rows = []
     for t in sorted(result.trials, key=lambda t: t.best_fid)[:limit]:

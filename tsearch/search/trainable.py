@@ -23,18 +23,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tsearch import labels, names
+from tsearch.log import get_logger
 
+if TYPE_CHECKING:
+    from tsearch.search.phase import TrialMeta
+
+log = get_logger(__name__)
 DISK_METRIC = "disk/trial_mb"  # what this trial holds in the search's storage
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> None:
     """Train with the trial's flat dotted ``config`` merged over ``base``; report to Tune."""
     started = time.perf_counter()  # the trial's own set-up counts in its perf/overhead_share
     # With search.reuse_actors, Tune hands this process the next trial only after this one's
@@ -52,39 +56,38 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
     from tsearch.train import RunStopped, train
     from tsearch.train.rundir import previous_run_id
 
-    configure_trial(bool(meta.get("verbose")))
+    configure_trial(meta.verbose)
     config = flat_config(config)
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
 
-    def say(msg: str) -> None:
-        print(f"[{trial_name}] {msg}", file=sys.stderr, flush=True)
+    def note(msg: str) -> None:  # the trainer's and the tracker's lines, named by trial
+        log.info(f"[{trial_name}] {msg}")
 
-    cfg = resolve_trial_config(base, config, meta.get("labels", ()))
+    cfg = resolve_trial_config(base, config, meta.labels)
     trial_path = _storage_trial_dir(ctx)
     run_dir = names.trial_run_dir(trial_path or ctx.get_trial_dir())
     scratch = Path(tempfile.mkdtemp(prefix=f"tsearch-ckpt-{trial_id}-", dir=_scratch_root()))
     try:
         info = _restore(ctx, tune.get_checkpoint(), scratch)
         if info.get(_FINISHED):
-            say(f"already trained to the end ({info[_FINISHED].get(names.TIME_ATTR)} kimg); "
+            note(f"already trained to the end ({info[_FINISHED].get(names.TIME_ATTR)} kimg); "
                 "reporting its final result again")
             tune.report(info[_FINISHED])
             return
         resume = any(scratch.iterdir())
-        label_keys, keys = meta.get("labels", ()), meta.get("keys", ())
         tracker = resilient(build_tracker(
-            cfg.tracking, parent_run_id=meta.get("parent_run_id"),
-            run_name=labels.trial_name(config, label_keys, cfg.timesteps.sampler.name, keys),
+            cfg.tracking, parent_run_id=meta.parent_run_id,
+            run_name=labels.trial_name(config, meta.labels, cfg.timesteps.sampler.name,
+                                       meta.keys),
             run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
-                  names.TAG_SEARCH: meta.get("search_name", ""), names.TAG_NODE_IP: _node_ip(),
-                  names.TAG_WORKER_PID: str(os.getpid()),
-                  names.TAG_PHASE: meta.get("phase", names.PHASE_SEARCH)},
-        ), say)
+                  names.TAG_SEARCH: meta.search_name, names.TAG_NODE_IP: _node_ip(),
+                  names.TAG_WORKER_PID: str(os.getpid()), names.TAG_PHASE: meta.phase},
+        ), note)
         if not resume:  # the values under their short names too: the run table's columns
             tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())},
-                                **labels.plain_params(config, keys, _TOP_LEVEL_PARAMS)})
+                                **labels.plain_params(config, meta.keys, _TOP_LEVEL_PARAMS)})
         total_images = int(round(cfg.train.total_kimg * 1000))
 
         def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
@@ -105,7 +108,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: dict[str, Any]
                                     step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
         train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
-              log=say, checkpoint_dir=scratch, keep_checkpoints=2, started=started,
+              log=note, checkpoint_dir=scratch, keep_checkpoints=2, started=started,
               summary=False)
     except RunStopped:
         # Stopped by the scheduler (ASHA at a rung, or at max_t at the last report): Tune's

@@ -1,20 +1,34 @@
 """The plots of trials that ended without drawing them, drawn by the search's driver.
 
-Imports no Ray: the driver's callbacks (``callbacks``) and its end-of-phase pass (``tuner``)
-call :func:`complete_plots`.
+Imports no Ray: the driver's callbacks (``callbacks``) call :func:`complete_plots` for each
+trial Tune ends, and each phase's end (:func:`complete_phase_plots`) for all of its trials.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from tsearch import names
+from tsearch import labels, names
+from tsearch.log import get_logger
+from tsearch.records import TrialRecord
+
+log = get_logger(__name__)
 
 
-def complete_plots(trial_dir: str | None, run_id: str | None, uri: str, sampler: str,
-                   say: Callable[[str], None]) -> list[str]:
+def complete_phase_plots(trials: Sequence[TrialRecord], base: Mapping[str, Any],
+                         uri: str) -> None:
+    """Every trial's plots, after its phase: the callbacks drew those of trials Tune stopped;
+    this catches trials that ended under an earlier driver (``--resume``)."""
+    sampler = base["timesteps"]["sampler"]["name"]
+    for t in trials:
+        complete_plots(t.path, t.run_id, uri, t.values.get(labels.SAMPLER_KEY, sampler))
+
+
+def complete_plots(trial_dir: str | None, run_id: str | None, uri: str,
+                   sampler: str) -> list[str]:
     """Draw the plots a trial's MLflow run lacks and log them there; returns their names.
 
     A trial that Tune stops (ASHA at a rung, or at ``max_t`` when it trained to the end) is
@@ -46,15 +60,15 @@ def complete_plots(trial_dir: str | None, run_id: str | None, uri: str, sampler:
             add_artifacts(uri, run_id, drawn, names.ARTIFACT_PLOTS)
             return [p.name for p in drawn]
     except Exception as exc:  # a plot is not worth a search
-        say(f"  warning: could not add the plots of MLflow run {run_id} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
+        log.warning(f"  warning: could not add the plots of MLflow run {run_id} "
+                    f"({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
         return []
 
 
 def _plots_from_mlflow(uri: str, run_id: str, sampler: str, out: Path,
                        have: set[str]) -> list[Path]:
     """The p(t) heatmap and FID curve from the run's logged arrays and metrics, if missing."""
-    from tsearch.records import TrialRecord
     from tsearch.tracking.fetch import fetch_histories
     from tsearch.train.rundir import draw_plots
 

@@ -1,4 +1,4 @@
-"""Tune's experiment state after a killed driver: find the files cut short and put them back.
+"""Tune's experiment state on disk: resume after a killed driver, and checkpoint surgery.
 
 Ray writes a search's state (experiment state, searcher and search-generator pickles)
 atomically into the driver's staging directory inside its session folder, then copies it into
@@ -7,6 +7,10 @@ short there, and ``Tuner.restore`` then logs "Failed to restore the run state" a
 search again from nothing, beside the trials it already ran. So a resume first checks every
 state file and, for one cut short, puts back the killed driver's own staging copy (its session
 folder outlives a SIGKILL); without one it stops in one line instead of starting over.
+
+Around it: checkpoint directories a restore needs or no longer needs, the state of a search that
+never started a trial, and the search's own state file (its parent run, the confirmation's
+candidates).
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ import pickletools
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+from tsearch import names
 from tsearch.errors import TsearchError
+from tsearch.log import get_logger
+
+log = get_logger(__name__)
 
 STATE_FILES = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
                "search_gen_state-*.json", "basic-variant-state-*.json")
+RAY_STATE = (*STATE_FILES, ".validate_storage_marker")  # what Tune writes for a search
 _SESSION = re.compile(r"-(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.(?:json|pkl)$")
 
 
@@ -101,3 +111,73 @@ def mend(exp_path: Path, rel: str, ray_temp: Path | None,
             tmp.replace(exp_path / src.name)
             mended.append(src.name)
     return [p.name for p in bad], sorted(set(mended))
+
+
+def mend_state(exp_path: Path, rel: str, search_name: str) -> None:
+    """Before a restore: put back Tune state files a killed driver cut short (:func:`mend`)."""
+    from tsearch.search.ray_runtime import ray_temp_root
+
+    cut, mended = mend(exp_path, rel, ray_temp_root(), search_name)
+    if cut:
+        others = [m for m in mended if m not in cut]
+        log.info(f"Ray's copy of {', '.join(cut)} was cut short when its driver was killed; "
+                 "put back the driver's own intact copy"
+                 + (f" (with {', '.join(others)}, saved with it)" if others else ""))
+
+
+def stub_pruned_checkpoints(exp_path: Path) -> None:
+    """Recreate, empty, the checkpoint directories Tune pruned after its last state snapshot.
+
+    A driver killed between snapshots leaves Tune's state naming a checkpoint that a newer
+    report made it delete; restoring the trial would then fail. An empty directory lets Tune
+    restore it, and the trial itself resumes from the newest checkpoint in the storage
+    (``trainable._restore``). Local storage only: a bucket is left as it is.
+    """
+    for trial in trial_dirs(exp_path):
+        indices = sorted(int(p.name.split("_")[1]) for p in trial.glob("checkpoint_*")
+                         if p.name.split("_")[1].isdigit())
+        for i in range(indices[-1] if indices else 0):
+            (trial / f"checkpoint_{i:06d}").mkdir(exist_ok=True)
+
+
+def prune_checkpoints(exp_path: Path, keep: int) -> None:
+    """Leave each trial its ``keep`` newest checkpoints, and no empty stub.
+
+    Tune prunes as results arrive; a driver killed in between leaves older checkpoints that the
+    resumed driver no longer tracks. Once the search has ended, none of them is needed.
+    """
+    for trial in trial_dirs(exp_path):
+        found = sorted((p for p in trial.glob("checkpoint_*") if p.is_dir()),
+                       key=lambda p: p.name)
+        full = [p for p in found if any(p.iterdir())]
+        for path in [p for p in found if p not in full] + full[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def trial_dirs(exp_path: Path) -> list[Path]:
+    """Trial directories Tune created (each holds params.json once its trial started)."""
+    if not exp_path.is_dir():
+        return []
+    return [p for p in exp_path.iterdir() if (p / "params.json").is_file()]
+
+
+def forget_start(exp_path: Path) -> None:
+    """Delete Tune's state of a search that failed before any trial ran.
+
+    Left in place it would block the name (``already exists``) and make ``--resume`` restore a
+    search with nothing to resume.
+    """
+    for pattern in (*RAY_STATE, names.SEARCH_STATE):
+        for path in exp_path.glob(pattern):
+            path.unlink(missing_ok=True)
+    try:
+        exp_path.rmdir()
+    except OSError:
+        pass  # something else lives there: keep it
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace the search's state file atomically: a kill mid-write must not lose the parent."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)

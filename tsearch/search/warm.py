@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError
+from tsearch.log import get_logger
 from tsearch.search.algorithms import ALGORITHMS, WarmTrial, get_algorithm
 from tsearch.search.space import ParamSpec, SearchSpace
 from tsearch.tracker import flatten_params
+
+log = get_logger(__name__)
 
 # Parent-run params ``search.space.KEY.<kind>...``: KEY is a searched key of that search.
 _SPACE_PARAM = re.compile(r"^search\.space\.(.+?)\.(?:float|int|choice|bundle)(?:\.|$)")
@@ -33,17 +35,17 @@ _FID_SETTINGS = ("data.name", "data.resolution", "eval.num_images", "eval.rung_n
 
 
 def warm_trials(tracking_uri: str, search_ref: str, cfg: Config, space: SearchSpace,
-                say: Callable[[str], None] | None = None) -> tuple[WarmTrial, ...]:
+                say: object = None) -> tuple[WarmTrial, ...]:
     """The finished search-phase trials of search ``search_ref`` as points of ``space``.
 
     Raises :class:`~tsearch.errors.ConfigError` (one line) when the algorithm learns from
-    nothing, the searches differ in metric or searched keys, or no trial fits; ``say`` gets one
-    note line for skipped trials and one for evaluation settings that differ.
+    nothing, the searches differ in metric or searched keys, or no trial fits; logs one note
+    line for skipped trials and one for evaluation settings that differ. ``say`` is accepted
+    and ignored (the lines go to this module's logger).
     """
     from tsearch.tracking.fetch import metric_histories
     from tsearch.tracking.queries import search_trials
 
-    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     s = cfg.search
     if not get_algorithm(s.algorithm).supports_warm_start:
         able = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.supports_warm_start))
@@ -89,12 +91,12 @@ def warm_trials(tracking_uri: str, search_ref: str, cfg: Config, space: SearchSp
                           "search.space to cover them, or drop --warm-start")
     if skipped:
         shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-        say(f"note: warm start skips {len(skipped)} of {scored} trials of search "
-            f"{parent.name!r}, outside this space: {shown}")
+        log.info(f"note: warm start skips {len(skipped)} of {scored} trials of search "
+                 f"{parent.name!r}, outside this space: {shown}")
     differ = _fid_settings_differ(parent.params, cfg)
     if differ:
-        say(f"note: search {parent.name!r} measured {s.metric} with other settings "
-            f"({'; '.join(differ)}): its values may not compare with this search's")
+        log.info(f"note: search {parent.name!r} measured {s.metric} with other settings "
+                 f"({'; '.join(differ)}): its values may not compare with this search's")
     return tuple(warm)
 
 
