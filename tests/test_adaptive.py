@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from sklearn.feature_selection import f_regression
 
 from tsearch.diffusion.schedule import NoiseSchedule
@@ -21,7 +21,6 @@ from tsearch.timesteps.adaptive import (
 from tsearch.timesteps.base import ProbeResult, StepContext
 
 SCHED = NoiseSchedule.create("linear")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ctx(step: int, n: int = 32, res: int = 8, gen=None) -> StepContext:
@@ -206,7 +205,7 @@ def test_defaults_are_the_reference_algorithm():
 
 
 def _reference_update(policy: torch.nn.Module, x0, u, reward, c=1e-2, lr=1e-2, clip=1.0):
-    """ALGORITHMS.md 1.4, written out: L = -mean_b[log pi(u_b|x0_b) (r_b + c H_b)], H not
+    """docs/algorithms.md 1.4, written out: L = -mean_b[log pi(u_b|x0_b) (r_b + c H_b)], H not
     detached; clip_grad_norm 1.0; Adam(lr 1e-2, betas (0.9, 0.999)), one step."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr, betas=(0.9, 0.999))
     ab = torch.nn.functional.softplus(policy.head.linear(policy.mlp(policy.features(x0))))
@@ -247,7 +246,7 @@ def test_default_update_equals_the_reference_formula(params, equal):
 def test_reference_entropy_term_lets_the_policy_move():
     """Rewards of the size VLB improvements have (1e-4 bits/dim) that favour t < 300: the
     reference form moves p(t) away from uniform; the detached bonus, ~300x stronger near
-    uniform, keeps it there (ALGORITHMS.md Decisions)."""
+    uniform, keeps it there (docs/algorithms.md Decisions)."""
     moved = {}
     for form in ("reference", "bonus"):
         sampler = AdaptiveSampler(SCHED, AdaptiveParams(policy="unconditional", update_every=1,

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_harness import assert_one_line, run_cli
+from conftest import ROOT, SMOKE
 
 from tsearch import names
 from tsearch.diffusion.schedule import NoiseSchedule
@@ -319,7 +320,7 @@ def test_speed_defaults_are_valid_for_other_T(T, schedule):
 
 # --- Part 2: commands, paths, stores and names ------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+
 SEARCH = "grid1"
 BEST_YAML = "timesteps:\n  sampler:\n    name: speed\n"
 
@@ -715,7 +716,6 @@ def test_cluster_script_passes_no_token_on_a_command_line():
 
 # --- Part 3: runs that cannot start -------------------------------------------------------------
 
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
 def _run_statuses(db: Path) -> list[str]:

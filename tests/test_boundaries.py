@@ -22,7 +22,7 @@ LEAVES = {"tsearch.errors", "tsearch.labels", "tsearch.log", "tsearch.names", "t
 # Modules (and packages) that import only the leaves (and, a package, itself).
 ON_LEAVES = {"tsearch.config", "tsearch.records", "tsearch.tracker"}
 
-# (importer prefix, imported prefix): DESIGN.md's "never" arrows.
+# (importer prefix, imported prefix): docs/design.md's "never" arrows.
 NEVER = [
     ("tsearch.train", "tsearch.tracking"),
     ("tsearch.train", "tsearch.search"),

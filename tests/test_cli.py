@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from cli_harness import run_cli
+from conftest import ROOT
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

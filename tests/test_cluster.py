@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SMOKE
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "infra" / "local" / "cluster.sh"
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 SUBNET = "10.123.0"
 WORKERS = {f"{SUBNET}.2": "w1", f"{SUBNET}.3": "w2"}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
@@ -23,8 +24,6 @@ from tsearch.errors import ConfigError
 from tsearch.timesteps import load_config, load_resolved, resolve_params, validate_config
 from tsearch.timesteps.speed import SpeedSampler
 from tsearch.timesteps.uniform import UniformSampler
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_and_yaml_overrides(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, SMOKE
 
 from tsearch import names
 from tsearch.records import TrialRecord
@@ -32,8 +33,6 @@ from tsearch.search.space import SearchSpace
 from tsearch.timesteps import SAMPLERS, load_config
 from tsearch.train.points import At
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 
 

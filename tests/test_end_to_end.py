@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE
 from mlflow import MlflowClient
 
 from tsearch.timesteps import load_config
 from tsearch.tracking import build_tracker
 from tsearch.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow
 

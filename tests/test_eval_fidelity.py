@@ -8,12 +8,11 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "eval_fidelity.py"
 _spec = importlib.util.spec_from_file_location("eval_fidelity", SCRIPT)
 ef = importlib.util.module_from_spec(_spec)

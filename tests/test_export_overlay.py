@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_harness import run_cli
+from conftest import ROOT, SMOKE
 
 from tsearch import names
 from tsearch.config import merge_overlay
@@ -22,8 +23,6 @@ from tsearch.timesteps import from_config, load_config
 from tsearch.tracking import MlflowTracker
 from tsearch.tracking.queries import find_search
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 TRAIN_DIGITS = ROOT / "experiments" / "train-digits.yaml"
 SEARCH = "proxy"
 RAW_BEST = {"sampler": {"name": "lognormal"}, "weighting": {"name": "min_snr"}, "lr": 2.0e-3}

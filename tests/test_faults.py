@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SMOKE
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 pytestmark = pytest.mark.slow
 
 

@@ -25,10 +25,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from conftest import ROOT
 from jsonschema import validators
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 DOCKER = INFRA / "docker"

@@ -1,6 +1,6 @@
 """Learning-rate warm-up and momentum decay (CLTS) with learning-rate compensation.
 
-Expected values are worked out by hand from ALGORITHMS.md "Decisions for tsearch" for
+Expected values are worked out by hand from docs/algorithms.md "Decisions for tsearch" for
 beta_0 = 0.9, end = 0.5, lr_0 = 1e-3 and a 10 kimg decay window:
 
 - linear: beta_t = 0.9 + (0.5 - 0.9) tau
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from cli_harness import assert_one_line, run_cli
+from conftest import SMOKE
 from pydantic import ValidationError
 
 from tsearch.config import MomentumDecayConfig, OptimConfig
@@ -26,8 +26,6 @@ from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.optim import apply_schedule, beta1_at, build_optimizer, schedule_at
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 LR0 = 1e-3
 
 # beta1 at tau = 0, 0.5, 1 of the window, by hand.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from tsearch import names
 from tsearch.errors import ConfigError
@@ -14,8 +14,6 @@ from tsearch.search import timing
 from tsearch.timesteps import load_config
 from tsearch.train import stats, train
 from tsearch.train.stats import WallClock
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_laps_charge_their_phase_and_the_rest_is_overhead(monkeypatch):

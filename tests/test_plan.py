@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.errors import ConfigError
 from tsearch.timesteps import from_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_example() -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import SMOKE
 
 from tsearch import names
 from tsearch.config import ModelConfig
@@ -31,9 +32,6 @@ from tsearch.timesteps import (
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.probe import PROBE_KINDS, ProbeKind, ProbeRunner
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
 def smoke(tmp_path: Path, *overrides: str):

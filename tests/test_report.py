@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMOKE
 from PIL import Image
 
 from tsearch import plots
@@ -30,8 +31,6 @@ from tsearch.report import (
 )
 from tsearch.tracking.queries import parse_param
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 T = 50
 
 

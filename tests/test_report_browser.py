@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import INSTALL_HINT, find_chromium, inspect_page
+from conftest import SMOKE
 from PIL import Image, ImageStat
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 SEARCH = "browser"
 METHODS = ("uniform", "adaptive")  # adaptive learns p(t): the page also gets its heatmap
 SPACE = ("search.space={method: {bundle: {uniform: {timesteps.sampler.name: uniform}, "

@@ -1,4 +1,4 @@
-"""Schedule tables against the values in ALGORITHMS.md 0.1 / 0.2 and SpeeD's constants."""
+"""Schedule tables against the values in docs/algorithms.md 0.1 / 0.2 and SpeeD's constants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from tsearch.diffusion.schedule import NoiseSchedule
 
-LOGSNR = {  # ALGORITHMS.md 0.1: logSNR at t = 0 / 100 / 250 / 500 / 750 / 999
+LOGSNR = {  # docs/algorithms.md 0.1: logSNR at t = 0 / 100 / 250 / 500 / 750 / 999
     "linear": (4.0e-5, [9.21, 2.14, 0.09, -2.47, -5.71, -10.12]),
     "quad": (7.3e-4, [9.21, 3.52, 1.52, -0.70, -3.23, -7.22]),
     "cosine": (2.4e-9, [10.09, 3.53, 1.70, -0.03, -1.79, -19.84]),
@@ -36,7 +36,7 @@ def test_cosine_betas_clipped():
     assert s.betas.max() == pytest.approx(0.999)
 
 
-# ALGORITHMS.md 0.2: c_t at t = 1, 10, 100, 250, 500, 750, 999
+# docs/algorithms.md 0.2: c_t at t = 1, 10, 100, 250, 500, 750, 999
 C_T = {
     ("linear", "fixed_large"): [0.273, 0.068, 0.0100, 0.0053, 0.0055, 0.0077, 0.0102],
     ("linear", "fixed_small"): [0.600, 0.079, 0.0102, 0.0054, 0.0055, 0.0077, 0.0102],
@@ -59,7 +59,7 @@ def test_vlb_weight_at_zero_uses_the_reference_variance(name, c0):
     ab = np.cumprod(1 - b)
     post_1 = b[1] * (1 - ab[0]) / (1 - ab[1])  # beta~_1
     expected = b[0] / (2 * post_1 * (1 - b[0]))
-    assert expected == pytest.approx(c0, abs=5e-4)  # ALGORITHMS.md 0.2, last paragraph
+    assert expected == pytest.approx(c0, abs=5e-4)  # docs/algorithms.md 0.2, last paragraph
     assert s.model_variance[0] == pytest.approx(post_1, rel=1e-12)
     assert s.vlb_weight[0] == pytest.approx(expected, rel=1e-12)
     assert s.vlb_constant[0] == 0.0  # sigma_0^2 equals the clipped beta~_0

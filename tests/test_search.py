@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, SMOKE
 from mlflow import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
 def tsearch(*args: str, cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:

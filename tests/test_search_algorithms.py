@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SMOKE
 from mlflow import MlflowClient
 
 from tsearch import names
@@ -20,8 +21,6 @@ from tsearch.search.space import GRID_KEY, SearchSpace
 from tsearch.search.tuner import run_search
 from tsearch.timesteps import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 LRS = [1.0e-3, 2.0e-3]
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("search_efficiency",
                                                ROOT / "benchmarks" / "search_efficiency.py")
 eff = importlib.util.module_from_spec(_spec)

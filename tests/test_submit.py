@@ -9,16 +9,14 @@ import shlex
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, SMOKE
 
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.search.submit import dashboard_address, entrypoint, job_env
 from tsearch.timesteps import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 SERVER = "http://10.9.8.7:5000"
 
 

@@ -1,4 +1,4 @@
-"""Closed-form checks of every sampler and weighting against ALGORITHMS.md's formulas and values."""
+"""Closed-form checks of every sampler and weighting against docs/algorithms.md's formulas."""
 
 from __future__ import annotations
 
@@ -526,7 +526,7 @@ def test_curriculum_ramp_order_is_a_config_error():
 
 
 # --------------------------------------------------------------------------------------------
-# logit_normal, mode, laplace (ALGORITHMS.md 6.1-6.3): noise-level laws on discrete timesteps
+# logit_normal, mode, laplace (docs/algorithms.md 6.1-6.3): noise-level laws on discrete timesteps
 
 
 def nearest_index(schedule: NoiseSchedule, log_snr: np.ndarray) -> np.ndarray:
@@ -605,7 +605,7 @@ def test_laplace_and_cauchy_cell_masses_and_median_in_log_snr(shape, mu, scale):
 
 
 # --------------------------------------------------------------------------------------------
-# uncertainty (EDM2, ALGORITHMS.md 6.4): a learned u(t) that equalises the expected loss
+# uncertainty (EDM2, docs/algorithms.md 6.4): a learned u(t) that equalises the expected loss
 
 
 def test_uncertainty_weighting_equalises_a_loss_that_differs_100x_across_t():

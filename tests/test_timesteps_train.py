@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMOKE
 
 from tsearch.diffusion.schedule import NoiseSchedule
 from tsearch.timesteps import SAMPLERS, WEIGHTINGS, Draw, StepContext, load_config
@@ -19,8 +20,7 @@ from tsearch.train import train
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
+
 STEPS = 20  # 0.64 kimg at batch 32
 
 

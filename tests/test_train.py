@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMOKE
 
 from tsearch.errors import CheckpointError, DivergenceError, TsearchError
 from tsearch.timesteps import Draw, ProbeSpec, StepContext, TimestepSampler, load_config
 from tsearch.tracker import NullTracker
 from tsearch.train import train
 from tsearch.train.checkpoint import list_checkpoints
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
 def smoke(tmp_path: Path, *overrides: str):
@@ -71,7 +69,7 @@ def test_step_order_and_delta_probe(tmp_path):
     tracker = NullTracker()
     result = train(cfg, tracker=tracker, sampler=sampler, evaluate=False)
     assert result.steps == 6
-    # The order DESIGN.md 3 fixes, per step.
+    # The order docs/design.md 3 fixes, per step.
     first = [c for c, s in sampler.calls if s == 0]
     assert first == ["sample", "probe_request", "observe", "observe_probe"]
     assert [c for c, s in sampler.calls if s == 1] == ["sample", "probe_request", "observe"]

@@ -6,10 +6,9 @@ would break later in-process searches, see test_tune_state.py).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cli_harness
 import pytest
+from conftest import SMOKE
 from mlflow import MlflowClient
 
 from tsearch.search.trial_plots import complete_plots
@@ -17,8 +16,6 @@ from tsearch.timesteps import load_config
 from tsearch.tracking import MlflowTracker
 from tsearch.train import RunStopped, train
 from tsearch.train.rundir import plot_names
-
-SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 
 
 @pytest.mark.slow

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_harness import assert_one_line, logged, run_cli
+from conftest import SMOKE
 
 from tsearch import names
 from tsearch.config import Config
@@ -27,8 +27,6 @@ from tsearch.search.warm import point_of, value_at_budget, warm_trials
 from tsearch.timesteps import load_config
 from tsearch.tracker import flatten_params
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 SAMPLER, K, LR = "timesteps.sampler.name", "timesteps.sampler.params.k", "optim.lr"
 SPACE = ("search.space={timesteps.sampler.name: {choice: [uniform, speed]}, "
          "timesteps.sampler.params.k: {float: [2.0, 8.0], when: {timesteps.sampler.name: speed}}"

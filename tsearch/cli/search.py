@@ -55,8 +55,7 @@ def search(
         if resume:
             raise ConfigError("--warm-start starts a new search; a resumed one keeps the trials "
                               "its study was told at the start: drop --warm-start")
-        warm = warm_trials(cfg.tracking.uri, warm_start, cfg, checked.space,
-                           say=lambda msg: typer.echo(msg, err=True))
+        warm = warm_trials(cfg.tracking.uri, warm_start, cfg, checked.space)
         checked = dataclasses.replace(checked, warm=warm, warm_from=warm_start)
         warm_line = (f"warm start: {len(warm)} trials of search {warm_start!r} (best FID "
                      f"{min(w.value for w in warm):.2f})")

@@ -1,4 +1,4 @@
-"""Datasets by name -> tensors in [-1, 1]; an infinite seeded loader (DESIGN.md section 2)."""
+"""Datasets by name -> tensors in [-1, 1]; an infinite seeded loader (docs/design.md section 2)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def flow_time(schedule: NoiseSchedule, t: torch.Tensor,
     """Rectified-flow time in (0, 1) of index t: (t + offset) / T, offset in [0, 1) (0.5: mid-cell).
 
     Training draws the offset uniformly so the network sees every t in the index's cell
-    (ALGORITHMS.md 6.6); probes and generation use fixed times.
+    (docs/algorithms.md 6.6); probes and generation use fixed times.
     """
     u = 0.5 if offset is None else offset
     return (t.float() + u) / schedule.num_timesteps
@@ -122,7 +122,7 @@ def per_sample_vlb_bpd(
     """The VLB term KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) in bits/dim, per sample [n].
 
     With a fixed model variance this is (const_t + c_t ||eps - eps_theta||^2 / D) / ln 2
-    (ALGORITHMS.md 0.2). t = 0 uses the same KL (no decoder NLL) with sigma_0^2 = beta~_1
+    (docs/algorithms.md 0.2). t = 0 uses the same KL (no decoder NLL) with sigma_0^2 = beta~_1
     (``NoiseSchedule.model_variance``), so const_0 = 0 and c_0 = beta_0 / (2 beta~_1 alpha_0):
     the ATS reference's ``compute_kl_divergence`` value at every t, fixed-large or fixed-small.
     """

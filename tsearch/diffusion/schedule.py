@@ -2,7 +2,7 @@
 
 One home per formula (STYLE.md): SNR, sigma, the VLB weight c_t, the posterior variance and the
 SpeeD process-increment rates are computed here, in float64, and nowhere else. t is 0-indexed,
-t in {0, ..., T-1}, as in the reference code (ALGORITHMS.md section 0).
+t in {0, ..., T-1}, as in the reference code (docs/algorithms.md section 0).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def flow_times(num_timesteps: int) -> np.ndarray:
 
 
 def flow_betas(num_timesteps: int) -> np.ndarray:
-    """The VP process that rectified flow is, up to the scale of x_t (ALGORITHMS.md 6.6).
+    """The VP process that rectified flow is, up to the scale of x_t (docs/algorithms.md 6.6).
 
     x_t = (1 - t) x0 + t eps divided by sqrt((1 - t)^2 + t^2) is sqrt(abar) x0 + sqrt(1 - abar)
     eps with abar = (1 - t)^2 / ((1 - t)^2 + t^2), i.e. SNR = ((1 - t) / t)^2. Betas that give
@@ -153,7 +153,7 @@ class NoiseSchedule:
         At t = 0 both are beta~_1, the reference convention (improved-diffusion
         ``model_log_variance``: FIXED_LARGE = log(append(posterior_variance[1], betas[1:])),
         FIXED_SMALL = the clipped posterior log variance; the ATS code follows it), so that every
-        VLB term and c_0 equal the reference's (ALGORITHMS.md 0.2, last paragraph).
+        VLB term and c_0 equal the reference's (docs/algorithms.md 0.2, last paragraph).
         """
         if self.variance == "fixed_large":
             return np.append(self.posterior_variance[1], self.betas[1:])
@@ -164,7 +164,7 @@ class NoiseSchedule:
         """c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)), nats per dim per unit eps-MSE.
 
         The weight of the eps-MSE inside the VLB term L_{t-1} (Ho et al. 2020, eq. 12;
-        ALGORITHMS.md 0.2), with sigma_t^2 = :attr:`model_variance`. At t = 0 (sigma_0^2 =
+        docs/algorithms.md 0.2), with sigma_t^2 = :attr:`model_variance`. At t = 0 (sigma_0^2 =
         beta~_1 under either variance) c_0 = beta_0 / (2 beta~_1 alpha_0): 0.917 for linear,
         0.987 for quad at T = 1000 (not the 0.5 that sigma_0^2 = beta_0 would give).
         """
@@ -181,7 +181,7 @@ class NoiseSchedule:
         s2, pv = self.model_variance, self.posterior_variance_clipped
         return 0.5 * (np.log(s2 / pv) + pv / s2 - 1.0)
 
-    # --- SpeeD process increment (ALGORITHMS.md 2.0-2.2) ------------------------------------
+    # --- SpeeD process increment (docs/algorithms.md 2.0-2.2) ------------------------------------
     @property
     def increment_mean_rate(self) -> np.ndarray:
         """d/dt sqrt(1 - abar_t) by central differences (np.gradient), as SpeeD computes it."""

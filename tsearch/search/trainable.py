@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tsearch import labels, names
-from tsearch.log import get_logger
+from tsearch.log import get_logger, prefixed
 
 if TYPE_CHECKING:
     from tsearch.search.phase import TrialMeta
@@ -61,9 +61,6 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
 
-    def note(msg: str) -> None:  # the trainer's and the tracker's lines, named by trial
-        log.info(f"[{trial_name}] {msg}")
-
     cfg = resolve_trial_config(base, config, meta.labels)
     trial_path = _storage_trial_dir(ctx)
     run_dir = names.trial_run_dir(trial_path or ctx.get_trial_dir())
@@ -71,7 +68,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> 
     try:
         info = _restore(ctx, tune.get_checkpoint(), scratch)
         if info.get(_FINISHED):
-            note(f"already trained to the end ({info[_FINISHED].get(names.TIME_ATTR)} kimg); "
+            kimg = info[_FINISHED].get(names.TIME_ATTR)
+            log.info(f"[{trial_name}] already trained to the end ({kimg} kimg); "
                 "reporting its final result again")
             tune.report(info[_FINISHED])
             return
@@ -84,7 +82,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> 
             tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
                   names.TAG_SEARCH: meta.search_name, names.TAG_NODE_IP: _node_ip(),
                   names.TAG_WORKER_PID: str(os.getpid()), names.TAG_PHASE: meta.phase},
-        ), note)
+        ), lambda msg: log.warning(f"[{trial_name}] {msg}"))
         if not resume:  # the values under their short names too: the run table's columns
             tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())},
                                 **labels.plain_params(config, meta.keys, _TOP_LEVEL_PARAMS)})
@@ -107,9 +105,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> 
                 tracker.log_metrics({DISK_METRIC: _bytes_under(trial_path) / 2**20},
                                     step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
-        train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume, on_report=on_report,
-              log=note, checkpoint_dir=scratch, keep_checkpoints=2, started=started,
-              summary=False)
+        with prefixed(f"[{trial_name}] "):  # the trainer's and the tracker's lines name the trial
+            train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume,
+                  on_report=on_report, checkpoint_dir=scratch, keep_checkpoints=2,
+                  started=started, summary=False)
     except RunStopped:
         # Stopped by the scheduler (ASHA at a rung, or at max_t at the last report): Tune's
         # tune.report raised SystemExit for that, and this thread must end the same way (a

@@ -40,14 +40,11 @@ def run_search(
     resume: bool = False,
     checked: SearchPlan | None = None,
     verbose: bool = False,
-    say: object = None,
-    log: object = None,
 ) -> SearchResult:
     """Run (or resume) the search ``cfg.search`` describes and summarise it in MLflow.
 
     ``checked`` is the :func:`plan` of this config if the caller made it already. ``verbose``
-    lets Ray (and Optuna) print their own output too (``search.console``). ``say`` and ``log``
-    are accepted and ignored: the lines go to the ``tsearch`` loggers.
+    lets Ray (and Optuna) print their own output too (``search.console``).
     """
     from tsearch.search.console import configure_driver
     from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray

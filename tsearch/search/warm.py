@@ -34,14 +34,13 @@ _FID_SETTINGS = ("data.name", "data.resolution", "eval.num_images", "eval.rung_n
                  "eval.seed")
 
 
-def warm_trials(tracking_uri: str, search_ref: str, cfg: Config, space: SearchSpace,
-                say: object = None) -> tuple[WarmTrial, ...]:
+def warm_trials(tracking_uri: str, search_ref: str, cfg: Config,
+                space: SearchSpace) -> tuple[WarmTrial, ...]:
     """The finished search-phase trials of search ``search_ref`` as points of ``space``.
 
     Raises :class:`~tsearch.errors.ConfigError` (one line) when the algorithm learns from
     nothing, the searches differ in metric or searched keys, or no trial fits; logs one note
-    line for skipped trials and one for evaluation settings that differ. ``say`` is accepted
-    and ignored (the lines go to this module's logger).
+    line for skipped trials and one for evaluation settings that differ.
     """
     from tsearch.tracking.fetch import metric_histories
     from tsearch.tracking.queries import search_trials

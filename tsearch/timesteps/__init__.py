@@ -1,4 +1,4 @@
-"""Timestep samplers and loss weightings: the object of study (DESIGN.md section 3)."""
+"""Timestep samplers and loss weightings: the object of study (docs/design.md section 3)."""
 
 from tsearch.timesteps.base import (
     Draw,

@@ -9,9 +9,9 @@ the trainer, through one probe, for losses before and after the optimizer step:
   ``f_regression``) selects the |S| timesteps that best explain the total improvement;
 - the improvement at the selected S on every image of the batch: the per-sample reward.
 
-The defaults are the reference algorithm as the official ``Trainer.step`` runs it (ALGORITHMS.md
-Decisions and 1.4): fresh noise for every before/after evaluation, the entropy added to the
-reward inside the REINFORCE weight and not detached, L = -mean[log pi (r + c H)], the full-T scan.
+The defaults are the reference algorithm as the official ``Trainer.step`` runs it
+(docs/algorithms.md Decisions and 1.4): fresh noise for every before/after evaluation, the
+entropy added to the reward inside the REINFORCE weight and not detached, L = -mean[log pi (r + c H)], the full-T scan.
 Each deviation is a separate, searchable switch recorded with the run: ``common_noise`` (same
 noise before and after: common random numbers), ``entropy_form: bonus`` (a detached entropy
 bonus, L = -mean[log pi r] - c mean H, about 300x stronger near uniform), ``baseline``,
@@ -81,7 +81,7 @@ def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Univariate linear-regression F statistic of each column of x against y.
 
     F_j = r_j^2 / (1 - r_j^2) * (n - 2), r_j = corr(x[:, j], y): sklearn's ``f_regression``
-    (ALGORITHMS.md 1.3). Constant columns (and n <= 2) score 0 instead of NaN.
+    (docs/algorithms.md 1.3). Constant columns (and n <= 2) score 0 instead of NaN.
     """
     # Not sklearn's: it is 2.8-5.3x slower per call, +0.5-2.7 s import (f_regression_cost.py)
     x = x.double()
@@ -168,7 +168,7 @@ def discretised_beta(alpha: np.ndarray, beta: np.ndarray, num_timesteps: int) ->
 
 
 class AdaptiveSampler(TimestepSampler):
-    """Learned non-uniform timestep sampler (ALGORITHMS.md 1); changes the objective (no IS)."""
+    """Learned non-uniform timestep sampler (docs/algorithms.md 1); changes the objective."""
 
     name = "adaptive"
     learned = True  # p(t) before training is only the initial policy
@@ -271,7 +271,7 @@ class AdaptiveSampler(TimestepSampler):
         if torch.isfinite(scan).all():
             self.queue = torch.cat([self.queue, scan[None]])[-p.queue_size:]
         reward = delta[n_scan:].view(pending["rewarded"], -1).sum(1)
-        # The new S is chosen after the reward was measured on the old S (ALGORITHMS.md 1.4).
+        # The new S is chosen after the reward was measured on the old S (docs/algorithms.md 1.4).
         if len(self.queue) > 1:
             self.selected = self.tau_grid[select_features(self.queue, p.num_features)]
         if torch.isfinite(reward).all():

@@ -1,4 +1,4 @@
-"""The timestep-sampler and loss-weighting contracts (DESIGN.md section 3).
+"""The timestep-sampler and loss-weighting contracts (docs/design.md section 3).
 
 A :class:`TimestepSampler` decides which diffusion timesteps a training batch uses. It never sees
 the model, the optimizer or the data loader: the trainer measures and hands it read-only results

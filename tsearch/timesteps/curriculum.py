@@ -1,4 +1,4 @@
-"""CLTS curriculum timestep schedule as a parameterised mixture (ALGORITHMS.md 3, Decisions).
+"""CLTS curriculum timestep schedule as a parameterised mixture (docs/algorithms.md 3, Decisions).
 
 CLTS (Xu et al., arXiv 2404.07946) "gradually reduces the training frequency of easier
 timesteps" (those near pure noise, t -> T). No official code exists and the paper's schedule is

@@ -1,4 +1,4 @@
-"""Sampling proportional to the RMS per-timestep gradient norm (ALGORITHMS.md 4.5).
+"""Sampling proportional to the RMS per-timestep gradient norm (docs/algorithms.md 4.5).
 
 For the estimator g = (1/(T p_t)) grad l_t with t ~ p, the trace of the covariance is minimised
 by p*(t) ∝ sqrt(E ||grad l_t||^2) (the textbook importance-sampling result; no public reference

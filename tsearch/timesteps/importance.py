@@ -1,7 +1,7 @@
 """Loss-aware importance sampling: improved-diffusion's LossSecondMomentResampler.
 
-ALGORITHMS.md 4.4 (``openai/improved-diffusion`` ``improved_diffusion/resample.py``). A FIFO of the
-last ``history`` losses per timestep; uniform until every t has a full history, then
+docs/algorithms.md 4.4 (``openai/improved-diffusion`` ``improved_diffusion/resample.py``).
+A FIFO of the last ``history`` losses per timestep; uniform until every t has a full history, then
 p_t ∝ sqrt(E[L_t^2]) mixed with ``uniform_prob`` of uniform. Unbiased: weights 1/(T p_t).
 L_t is the loss being optimised, w(t) times the eps-MSE (improved-diffusion feeds its resampler
 ``losses["loss"]``, the training loss before importance weights); ``observe: unweighted`` keeps

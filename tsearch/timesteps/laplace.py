@@ -1,6 +1,6 @@
 """Laplace (or Cauchy) sampling in log SNR, on the process's discrete timesteps.
 
-ALGORITHMS.md 6.3 (Hang et al. 2024, "Improved noise schedule for diffusion training"): the
+docs/algorithms.md 6.3 (Hang et al. 2024, "Improved noise schedule for diffusion training"): the
 noise level's lambda = log SNR follows p(lambda) = exp(-|lambda - mu| / b) / (2b), defaults
 mu = 0, b = 0.5 [UNVERIFIED: what public re-implementations use]; the Cauchy variant
 p(lambda) = 1 / (pi gamma (1 + ((lambda - mu) / gamma)^2)) is ``shape: cauchy`` with gamma =

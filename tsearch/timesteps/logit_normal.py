@@ -1,6 +1,6 @@
 """SD3's logit-normal timestep distribution, on the process's discrete timesteps.
 
-ALGORITHMS.md 6.1: rectified flow draws t = sigmoid(u), u ~ N(m, s^2) (SD3 default m = 0,
+docs/algorithms.md 6.1: rectified flow draws t = sigmoid(u), u ~ N(m, s^2) (SD3 default m = 0,
 s = 1). Its noise level is sigma = t / (1 - t), so ln sigma = u: logit-normal(m, s) is EDM's
 log-normal with P_mean = m, P_std = s, mapped to the timestep nearest in log sigma exactly as
 ``lognormal`` does (a test holds the two equal). Its own name and defaults, because users

@@ -1,6 +1,6 @@
 """EDM's log-normal noise-level distribution mapped onto discrete DDPM timesteps.
 
-ALGORITHMS.md 4.3 (``NVlabs/edm`` ``training/loss.py:EDMLoss``): ln sigma ~ N(P_mean, P_std^2)
+docs/algorithms.md 4.3 (``NVlabs/edm`` ``training/loss.py:EDMLoss``): ln sigma ~ N(P_mean, P_std^2)
 with P_mean = -1.2, P_std = 1.2, and sigma_t = sqrt((1 - abar_t) / abar_t). A continuous sigma
 goes to the timestep nearest in log sigma, so p(t) is exact: the Gaussian mass of t's cell,
 whose boundaries are the midpoints between consecutive log sigma_t (the end cells are open, i.e.

@@ -1,6 +1,6 @@
 """SD3's mode sampling, on the process's discrete timesteps.
 
-ALGORITHMS.md 6.2 (Esser et al. 2024): u ~ U(0, 1), t = f(u; s) = 1 - u - s (cos^2(pi u / 2)
+docs/algorithms.md 6.2 (Esser et al. 2024): u ~ U(0, 1), t = f(u; s) = 1 - u - s (cos^2(pi u / 2)
 - 1 + u) in rectified-flow time (t = 1 is noise), default s = 1.29. f is strictly decreasing
 on [0, 1] for -1 <= s <= 2 / (pi - 2), the range SD3 gives, so P(t <= tau) = 1 - f^-1(tau).
 The noise level of rectified-flow time t is ln sigma = logit(t); each timestep gets the mass of

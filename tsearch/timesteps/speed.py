@@ -1,4 +1,4 @@
-"""SpeeD asymmetric timestep sampling with optional dual reflection (ALGORITHMS.md 2.1).
+"""SpeeD asymmetric timestep sampling with optional dual reflection (docs/algorithms.md 2.1).
 
 Code: ``NUS-HPC-AI-Lab/SpeeD`` ``speed/diffusion/speed/__init__.py:Speed_IDDPM._sample_time``.
 Base distribution p = [k]*tau + [1]*(T - tau), L1-normalised, i.e. P(t) = k / (T + tau(k-1))

@@ -1,6 +1,6 @@
 """EDM2's learned uncertainty weighting, over the process's discrete timesteps.
 
-ALGORITHMS.md 6.4 (Karras et al. 2024, implemented from the formula): a sample's loss L at
+docs/algorithms.md 6.4 (Karras et al. 2024, implemented from the formula): a sample's loss L at
 timestep t becomes L / e^{u(t)} + u(t), where u is a tiny function of the noise level, trained
 jointly with the model by the model's optimizer. For fixed t the objective is minimised at
 u(t) = log E[L | t], so the effective weight e^{-u(t)} equalises the expected loss across noise

@@ -26,7 +26,7 @@ class VLBParams(Params):
 
 
 class VLBWeighting(LossWeighting):
-    """w_t = c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) (ALGORITHMS.md 0.2).
+    """w_t = c_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) (docs/algorithms.md 0.2).
 
     c_t is the weight of the eps-MSE inside the VLB term L_{t-1}, so the weighted loss is the
     VLB up to t-dependent constants (Ho et al. 2020, eq. 12). ``NoiseSchedule.vlb_weight`` is the
@@ -51,7 +51,7 @@ class P2Params(Params):
 
 
 class P2Weighting(LossWeighting):
-    """w_t = 1 / (k + SNR(t))^gamma on the eps-MSE (Choi et al. 2022; ALGORITHMS.md 4.1).
+    """w_t = 1 / (k + SNR(t))^gamma on the eps-MSE (Choi et al. 2022; docs/algorithms.md 4.1).
 
     Code: ``jychoi118/P2-weighting`` ``guided_diffusion/gaussian_diffusion.py``. Linear,
     gamma = k = 1: 1e-4 at t = 0, 0.105 at t = 100, 0.479 at t = 250, 0.92 at t = 500.
@@ -69,12 +69,12 @@ class MinSNRParams(Params):
 
 
 class MinSNRWeighting(LossWeighting):
-    """Min-SNR-gamma (Hang et al. 2023; ALGORITHMS.md 4.2), by prediction target.
+    """Min-SNR-gamma (Hang et al. 2023; docs/algorithms.md 4.2), by prediction target.
 
     Code: ``TiankaiHang/Min-SNR-Diffusion-Training`` ``guided_diffusion/gaussian_diffusion.py``.
     eps: min(SNR, g) / SNR; x0: min(SNR, g); v: min(SNR, g) / (SNR + 1) (the original
     ``vmin_snr`` form, not diffusers' newer min(SNR+1, g)/(SNR+1)). w = 1 where SNR = 0.
-    Not SpeeD's variant, which is 5 / (SNR + 1) by an indexing slip (ALGORITHMS.md 2.5).
+    Not SpeeD's variant, which is 5 / (SNR + 1) by an indexing slip (docs/algorithms.md 2.5).
     """
 
     name = "min_snr"
@@ -115,7 +115,7 @@ _SPEED_FLOOR = 1e-4
 
 
 class SpeedWeighting(LossWeighting):
-    """SpeeD change-aware weighting (ALGORITHMS.md 2.2; ``Speed_IDDPM._weights``, "ours").
+    """SpeeD change-aware weighting (docs/algorithms.md 2.2; ``Speed_IDDPM._weights``, "ours").
 
     g_t = d/dt (1 - abar_t) (``NoiseSchedule.increment_variance_rate``). For t < tau:
     w_t = (1 - lam) + (2 lam - 1) (g_t - min g) / (max g - min g), min and max over all T, so
@@ -149,7 +149,7 @@ class DebiasParams(Params):
 
 
 class DebiasWeighting(LossWeighting):
-    """w_t = 1 / sqrt(SNR_t) on the eps-MSE (Yu et al. 2023; ALGORITHMS.md 6.5).
+    """w_t = 1 / sqrt(SNR_t) on the eps-MSE (Yu et al. 2023; docs/algorithms.md 6.5).
 
     That is sigma_t = sqrt((1 - abar_t) / abar_t): 0.010 at t = 0 and 157 at t = 999 (linear),
     so noisy timesteps dominate. v-prediction: 1 / sqrt(SNR + 1) = sqrt(1 - abar_t)

@@ -1,4 +1,4 @@
-"""The training loop: the only place that knows the step order (DESIGN.md section 3).
+"""The training loop: the only place that knows the step order (docs/design.md section 3).
 
 What a run builds and checkpoints is :mod:`tsearch.train.state`; what it records and where is
 :mod:`tsearch.train.rundir`; probes are :mod:`tsearch.train.probe`; evaluations come from
@@ -242,7 +242,7 @@ def _rung_eval(cfg: Config) -> EvalConfig | None:
 
 
 def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
-    """One optimizer step in DESIGN.md's order; returns the optimizer schedule it used."""
+    """One optimizer step in docs/design.md's order; returns the optimizer schedule it used."""
     cfg, device = st.cfg, st.device
     ostate = schedule_at(cfg.optim, st.kimg)
     apply_schedule(st.optimizer, ostate)
@@ -260,7 +260,7 @@ def _step(st: TrainState, stats: LossStats, total_images: int) -> OptimState:
 
     # Per-sample losses, fed unweighted to the sampler (ctx.weighting gives it w(t)).
     noise = torch.randn(x0.shape, generator=st.noise_gen, device=device)
-    # Flow matching trains on every time in the drawn index's cell (ALGORITHMS.md 6.6).
+    # Flow matching trains on every time in the drawn index's cell (docs/algorithms.md 6.6).
     offset = (torch.rand(t.shape, generator=st.noise_gen, device=device)
               if st.schedule.process == "flow" else None)
     with st.autocast():

@@ -1,6 +1,6 @@
 """Optimizer construction and the per-step learning-rate / momentum schedule.
 
-Momentum decay (CLTS paper, arXiv 2404.07946; ALGORITHMS.md 3.3 and "Decisions for tsearch")
+Momentum decay (CLTS paper, arXiv 2404.07946; docs/algorithms.md 3.3 and "Decisions for tsearch")
 lowers Adam's beta1 from ``optim.beta1`` (beta_0) over the first ``momentum_decay.kimg`` of
 training. The paper's exact schedule and its learning-rate compensation (MDLRC) are not public,
 so both are parameters: the beta1 ``shape`` (:func:`decayed_beta1`) and the ``lr_compensation``
