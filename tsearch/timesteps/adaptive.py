@@ -11,7 +11,8 @@ the trainer, through one probe, for losses before and after the optimizer step:
 
 The defaults are the reference algorithm as the official ``Trainer.step`` runs it
 (docs/algorithms.md Decisions and 1.4): fresh noise for every before/after evaluation, the
-entropy added to the reward inside the REINFORCE weight and not detached, L = -mean[log pi (r + c H)], the full-T scan.
+entropy added to the reward inside the REINFORCE weight and not detached,
+L = -mean[log pi (r + c H)], the full-T scan.
 Each deviation is a separate, searchable switch recorded with the run: ``common_noise`` (same
 noise before and after: common random numbers), ``entropy_form: bonus`` (a detached entropy
 bonus, L = -mean[log pi r] - c mean H, about 300x stronger near uniform), ``baseline``,
