@@ -14,7 +14,7 @@ from tsearch.errors import DivergenceError
 class WallClock:
     """Where a run's wall time goes: training, evaluation, and everything else.
 
-    A trial exists to train; the shares say how much of it did (issue 15). Time is charged in
+    A trial exists to train; the shares say how much of it did. Time is charged in
     laps, not per step: on a GPU the step only queues kernels, so the clock synchronises at a
     lap's end (a few times per run, at evaluations) and queued training work is charged to
     training, not to the evaluation that would wait for it.
