@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tsearch.config import Config, DataConfig, EvalConfig
+from tsearch.config import DataConfig, EvalConfig
 from tsearch.data import load_images, load_labels
 from tsearch.errors import DataError
 from tsearch.metrics import (
@@ -25,6 +25,7 @@ from tsearch.metrics import (
 )
 from tsearch.metrics._cache import state_dict_fingerprint
 from tsearch.metrics.extractors import INCEPTION_ENV, INCEPTION_FILENAME, fid_inception_network
+from tsearch.timesteps import validate_config
 
 DIGITS = DataConfig(name="digits", resolution=16)
 
@@ -167,7 +168,7 @@ def test_reference_cache_hits_and_keys(digits_extractor, cache_dir):
 
 @pytest.mark.slow
 def test_precompute_reference(digits_extractor, cache_dir):
-    cfg = Config(eval=EvalConfig(cache_dir=str(cache_dir), ref_images=100))
+    cfg = validate_config({"eval": {"cache_dir": str(cache_dir), "ref_images": 100}})
     path, stats = precompute_reference(cfg)
     assert path.is_file() and path.parent == cache_dir / "fid-ref"
     assert stats.count == 100 and stats.metadata["key"]["n"] == 100

@@ -52,7 +52,7 @@ def check_search(result: SearchResult, store: Path, expected_trials: int) -> Non
     assert len(result.trials) == expected_trials
     for trial in result.trials:
         assert trial.status == "TERMINATED", trial.error
-        assert trial.config["optim.lr"] in LRS
+        assert trial.values["optim.lr"] in LRS
         assert trial.fid and all(math.isfinite(f) for _, f in trial.fid)
         assert trial.run_id
     assert result.best is not None and result.best_config is not None
