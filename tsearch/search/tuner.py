@@ -41,13 +41,12 @@ def run_search(
     checked: SearchPlan | None = None,
     verbose: bool = False,
     say: object = None,
-    log: object = None,
 ) -> SearchResult:
     """Run (or resume) the search ``cfg.search`` describes and summarise it in MLflow.
 
     ``checked`` is the :func:`plan` of this config if the caller made it already. ``verbose``
-    lets Ray (and Optuna) print their own output too (``search.console``). ``say`` and ``log``
-    are accepted and ignored: the lines go to the ``tsearch`` loggers.
+    lets Ray (and Optuna) print their own output too (``search.console``). ``say`` is accepted
+    and ignored: the lines go to the ``tsearch`` loggers.
     """
     from tsearch.search.console import configure_driver
     from tsearch.search.ray_runtime import check_ray_address, end_session, init_ray
@@ -92,10 +91,10 @@ def run_search(
     configure_driver(verbose)
     with watch.stage("Ray start"):
         session = init_ray(address, num_cpus=None)
+    ctx = SearchContext(cfg=cfg, checked=checked, uri=uri, artifact_root=artifact_root,
+                        storage=storage, exp_path=exp_path, resume=resume, verbose=verbose)
     keep_logs = True  # Ray's logs help with a crash, not with a user error or a success
     try:
-        ctx = SearchContext(cfg=cfg, checked=checked, uri=uri, artifact_root=artifact_root,
-                            storage=storage, exp_path=exp_path, resume=resume, verbose=verbose)
         result = _run(ctx, watch)
         keep_logs = False
     except KeyboardInterrupt:
