@@ -89,10 +89,10 @@ def run_search(
     configure_driver(verbose)
     with watch.stage("Ray start"):
         session = init_ray(address, num_cpus=None)
+    ctx = SearchContext(cfg=cfg, checked=checked, uri=uri, artifact_root=artifact_root,
+                        storage=storage, exp_path=exp_path, resume=resume, verbose=verbose)
     keep_logs = True  # Ray's logs help with a crash, not with a user error or a success
     try:
-        ctx = SearchContext(cfg=cfg, checked=checked, uri=uri, artifact_root=artifact_root,
-                            storage=storage, exp_path=exp_path, resume=resume, verbose=verbose)
         result = _run(ctx, watch)
         keep_logs = False
     except KeyboardInterrupt:
