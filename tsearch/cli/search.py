@@ -10,6 +10,7 @@ import yaml
 
 from tsearch import names
 from tsearch.cli.common import ConfigArg, Overrides, check_store, load
+from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 
 
@@ -40,9 +41,7 @@ def search(
     ] = False,
 ) -> None:
     """Search timestep samplers and their hyperparameters (Ray Tune + Optuna + ASHA)."""
-    if config is None:
-        raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
-    cfg = load(config, overrides)
+    cfg = _search_config(config, overrides)
     from tsearch.search.tuner import plan
 
     checked = plan(cfg, config)
@@ -124,9 +123,7 @@ def submit(
     ] = False,
 ) -> None:
     """Run a search on a Ray cluster as a Ray Job (the working directory is uploaded)."""
-    if config is None:
-        raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
-    cfg = load(config, overrides)
+    cfg = _search_config(config, overrides)
     from tsearch.search.submit import follow
     from tsearch.search.submit import submit as submit_job
     from tsearch.search.tuner import plan
@@ -196,3 +193,10 @@ def _confirm_table(conf):
     for row in summary.confirm_rows(conf):
         table.add_row(*row)
     return table
+
+
+def _search_config(config: Path | None, overrides: list[str] | None) -> Config:
+    """A search needs a config file: the defaults alone have no space to search."""
+    if config is None:
+        raise TsearchError("give a search config (e.g. experiments/quickstart.yaml)")
+    return load(config, overrides)
