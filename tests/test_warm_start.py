@@ -38,8 +38,8 @@ def smoke(*extra: str) -> Config:
 
 
 # --- A real search, then a real search warm-started from it ----------------------------------
-# First in the file: its Ray must start before the tests below import ray (a local Ray
-# started after `import ray` in the same process refuses the driver's missing token).
+# The module's one Ray session; the file's tests pass in any order (checked by running them
+# reversed), so nothing here depends on when ray is first imported.
 
 REAL_SPACE = ("search.space={timesteps.sampler.name: {choice: [uniform, speed]}, "
               "optim.lr: {choice: [1.0e-6, 3.0e-3]}}")
