@@ -75,7 +75,7 @@ def test_dry_run_prints_config_and_space(tmp_path):
      "allowed"),
     ("search.space={train.batch_size: {float: [8, 64]}}", "valid integer"),
     ("search.space={diffusion.schedule: {choice: [linear, cosin]}}", "choice value 'cosin'"),
-    ("search.algorithm=annealing", "unknown algorithm; choose one of grid, random, tpe"),
+    ("search.algorithm=annealing", "unknown algorithm; choose one of gp, grid, random, tpe"),
 ])
 def test_bad_space_is_one_line_exit_2(tmp_path, override, needle):
     proc = tsearch("search", str(SMOKE), "--set", override, *common(tmp_path), cwd=tmp_path)

@@ -298,7 +298,7 @@ def test_dry_run_shows_the_warm_trials_and_notes_skipped_ones(here, capfd, tmp_p
     (["--warm-start", "no-fids"], ["no finished search trial of 'no-fids' has a eval/fid"], 2),
     (["--warm-start", "a", "--set", "search.algorithm=grid", "--set",
       "search.space={timesteps.sampler.name: {choice: [uniform, speed]}}"],
-     ["search.algorithm 'grid' runs fixed trials", "use one of random, tpe"], 2),
+     ["search.algorithm 'grid' runs fixed trials", "use one of gp, random, tpe"], 2),
     (["--warm-start", "a", "--resume"], ["--warm-start starts a new search"], 2),
     (["--warm-start", "nope"], ["no search 'nope'", "known searches: a"], 1),
 ])

@@ -255,13 +255,13 @@ class SearchConfig(Section):
     """How `tsearch search` explores: ignored by `tsearch train`."""
 
     name: str | None = None  # experiment name (Ray run dir, Optuna study, MLflow parent run)
-    # A key of tsearch.search.algorithms.ALGORITHMS: Optuna's TPE or random sampler, or every
+    # A key of tsearch.search.algorithms.ALGORITHMS: Optuna's TPE, GP or random sampler, or every
     # cell of the space once (grid); checked against the registry before anything starts.
     algorithm: str = "tpe"
     num_samples: int = Field(10, ge=1, le=MAX_COUNT)  # trials (a grid runs each cell once)
     max_concurrent: int = Field(2, ge=1, le=MAX_WORKERS)
-    seed: int = Field(0, ge=0, le=MAX_OPTUNA_SEED)  # TPE / random sampler seed (numpy: 32 bit)
-    tpe_startup_trials: int = Field(5, ge=1, le=MAX_COUNT)  # random trials before TPE models
+    seed: int = Field(0, ge=0, le=MAX_OPTUNA_SEED)  # Optuna sampler seed (numpy: 32 bit)
+    tpe_startup_trials: int = Field(5, ge=1, le=MAX_COUNT)  # random trials before tpe or gp models
     metric: Literal["eval/fid"] = names.FID
     mode: Literal["min"] = "min"
     asha: AshaConfig = AshaConfig()

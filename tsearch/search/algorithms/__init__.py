@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tsearch.errors import ConfigError
 from tsearch.search.algorithms.base import OptunaAlgorithm, Proposal, SearchAlgorithm, WarmTrial
+from tsearch.search.algorithms.gp import GP
 from tsearch.search.algorithms.grid import Grid
 from tsearch.search.algorithms.random import Random
 from tsearch.search.algorithms.tpe import TPE
@@ -17,6 +18,7 @@ ALGORITHMS: dict[str, type[SearchAlgorithm]] = {
     "tpe": TPE,
     "random": Random,
     "grid": Grid,
+    "gp": GP,
 }
 
 
