@@ -65,58 +65,59 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], meta: TrialMeta) -> 
     trial_path = _storage_trial_dir(ctx)
     run_dir = names.trial_run_dir(trial_path or ctx.get_trial_dir())
     scratch = Path(tempfile.mkdtemp(prefix=f"tsearch-ckpt-{trial_id}-", dir=_scratch_root()))
-    try:
-        info = _restore(ctx, tune.get_checkpoint(), scratch)
-        if info.get(_FINISHED):
-            kimg = info[_FINISHED].get(names.TIME_ATTR)
-            log.info(f"[{trial_name}] already trained to the end ({kimg} kimg); "
-                "reporting its final result again")
-            tune.report(info[_FINISHED])
-            return
-        resume = any(scratch.iterdir())
-        tracker = resilient(build_tracker(
-            cfg.tracking, parent_run_id=meta.parent_run_id,
-            run_name=labels.trial_name(config, meta.labels, cfg.timesteps.sampler.name,
-                                       meta.keys),
-            run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
-            tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
-                  names.TAG_SEARCH: meta.search_name, names.TAG_NODE_IP: _node_ip(),
-                  names.TAG_WORKER_PID: str(os.getpid()), names.TAG_PHASE: meta.phase},
-        ), lambda msg: log.warning(f"[{trial_name}] {msg}"))
-        if not resume:  # the values under their short names too: the run table's columns
-            tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())},
-                                **labels.plain_params(config, meta.keys, _TOP_LEVEL_PARAMS)})
-        total_images = int(round(cfg.train.total_kimg * 1000))
+    with prefixed(f"[{trial_name}] "):  # every line of the trial names it: ours, the
+        # trainer's and the tracker's
+        try:
+            info = _restore(ctx, tune.get_checkpoint(), scratch)
+            if info.get(_FINISHED):
+                kimg = info[_FINISHED].get(names.TIME_ATTR)
+                log.info(f"already trained to the end ({kimg} kimg); "
+                         "reporting its final result again")
+                tune.report(info[_FINISHED])
+                return
+            resume = any(scratch.iterdir())
+            tracker = resilient(build_tracker(
+                cfg.tracking, parent_run_id=meta.parent_run_id,
+                run_name=labels.trial_name(config, meta.labels, cfg.timesteps.sampler.name,
+                                           meta.keys),
+                run_id=info.get(names.REPORT_RUN_ID) or previous_run_id(run_dir.path),
+                tags={names.TAG_KIND: names.KIND_TRIAL, names.TAG_TRIAL_ID: trial_id,
+                      names.TAG_SEARCH: meta.search_name, names.TAG_NODE_IP: _node_ip(),
+                      names.TAG_WORKER_PID: str(os.getpid()), names.TAG_PHASE: meta.phase},
+            ), log.warning)
+            if not resume:  # the values under their short names too: the run table's columns
+                tracker.log_params({names.PARAM_TRIAL: {k: v for k, v in sorted(config.items())},
+                                    **labels.plain_params(config, meta.keys, _TOP_LEVEL_PARAMS)})
+            total_images = int(round(cfg.train.total_kimg * 1000))
 
-        def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
-            result = {**metrics, names.REPORT_RUN_ID: tracker.run_id,
-                      names.REPORT_NODE_IP: _node_ip()}
-            finished = int(round(metrics[names.TIME_ATTR] * 1000)) >= total_images
-            with tempfile.TemporaryDirectory(prefix="tsearch-report-") as d:
-                shutil.move(ckpt_path, Path(d) / ckpt_path.name)
-                trial_info = {names.REPORT_RUN_ID: tracker.run_id,
-                              _FINISHED: result if finished else None}
-                (Path(d) / names.TRIAL_INFO).write_text(json.dumps(trial_info))
-                try:
-                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
-                except SystemExit:  # Tune stopped the trial (see run_trial's except)
-                    raise RunStopped from None
-            if trial_path is not None:  # what the trial holds now (Tune prunes old ones soon)
-                tracker.log_metrics({DISK_METRIC: _bytes_under(trial_path) / 2**20},
-                                    step=int(round(metrics[names.TIME_ATTR] * 1000)))
+            def on_report(metrics: dict[str, float], ckpt_path: Path) -> None:
+                result = {**metrics, names.REPORT_RUN_ID: tracker.run_id,
+                          names.REPORT_NODE_IP: _node_ip()}
+                finished = int(round(metrics[names.TIME_ATTR] * 1000)) >= total_images
+                with tempfile.TemporaryDirectory(prefix="tsearch-report-") as d:
+                    shutil.move(ckpt_path, Path(d) / ckpt_path.name)
+                    trial_info = {names.REPORT_RUN_ID: tracker.run_id,
+                                  _FINISHED: result if finished else None}
+                    (Path(d) / names.TRIAL_INFO).write_text(json.dumps(trial_info))
+                    try:
+                        tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+                    except SystemExit:  # Tune stopped the trial (see run_trial's except)
+                        raise RunStopped from None
+                if trial_path is not None:  # what the trial holds now (Tune prunes old ones soon)
+                    tracker.log_metrics({DISK_METRIC: _bytes_under(trial_path) / 2**20},
+                                        step=int(round(metrics[names.TIME_ATTR] * 1000)))
 
-        with prefixed(f"[{trial_name}] "):  # the trainer's and the tracker's lines name the trial
             train(cfg, tracker=tracker, run_dir=run_dir.path, resume=resume,
                   on_report=on_report, checkpoint_dir=scratch, keep_checkpoints=2,
                   started=started, summary=False)
-    except RunStopped:
-        # Stopped by the scheduler (ASHA at a rung, or at max_t at the last report): Tune's
-        # tune.report raised SystemExit for that, and this thread must end the same way (a
-        # return would report again and block). Tune does not wait for it unless it reuses the
-        # process, so the driver draws the plots (trial_plots.complete_plots).
-        raise SystemExit(0) from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        except RunStopped:
+            # Stopped by the scheduler (ASHA at a rung, or at max_t at the last report): Tune's
+            # tune.report raised SystemExit for that, and this thread must end the same way (a
+            # return would report again and block). Tune does not wait for it unless it reuses the
+            # process, so the driver draws the plots (trial_plots.complete_plots).
+            raise SystemExit(0) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 _TOP_LEVEL_PARAMS = (names.PARAM_CONFIG, names.PARAM_TRIAL, names.PARAM_MODEL_SIZE,
