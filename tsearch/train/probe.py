@@ -39,7 +39,7 @@ class ProbeRunner:
 
     def _loss_fn(self, spec: ProbeSpec):
         # Flow matching has no VLB term per step: its look-ahead loss is the flow-matching loss
-        # at the cell's middle time (docs/algorithms.md 6.6, README "Flow matching").
+        # at the cell's middle time (docs/algorithms.md 1.1 and 6.6).
         if spec.loss == "vlb" and self.schedule.process != "flow":
             return per_sample_vlb_bpd
         return per_sample_mse
