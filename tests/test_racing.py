@@ -1,0 +1,85 @@
+"""Racing the confirmation seeds, on fixed per-seed results (the pure part of the stage).
+
+The stage runs one Tune experiment per round; tests/test_confirm.py runs it for real. Here the
+results are arranged so the right answer is known: a dominating candidate, seeds that disagree,
+a failed run, and the pairing of seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from tsearch.search import racing
+
+SEEDS = [101, 102, 103, 104, 105, 106]
+
+
+def test_a_dominating_candidate_stops_the_race_early():
+    # "a" is 20 FID better than "b" on every seed, give or take 1: decided after two seeds
+    # (t = 20 / (sd / sqrt 2) is far beyond the df=1 critical value 6.31).
+    finals = {"a": dict(zip(SEEDS, [30, 31, 29, 30, 31, 29], strict=True)),
+              "b": dict(zip(SEEDS, [50, 50, 50, 50, 50, 50], strict=True))}
+    rounds, last = racing.race(finals, ["b", "a"], SEEDS, alpha=0.05)
+    assert rounds == [[("b", 101), ("a", 101)], [("a", 102), ("b", 102)]]
+    v = last.verdict
+    assert v.decided and v.leader == "a" and v.runner_up == "b" and v.n == 2
+    assert v.diff_mean == pytest.approx(19.5) and v.diff_sd == pytest.approx(math.sqrt(0.5))
+    assert v.p_value == pytest.approx(stats.ttest_rel([50, 50], [30, 31],
+                                                      alternative="greater").pvalue)
+    assert v.sentence().startswith("a beats b: difference 19.5 ± 0.7 FID")
+
+
+def test_seeds_that_disagree_end_in_a_stated_tie_when_the_budget_is_spent():
+    # Each seed favours a different one by 5: the mean difference is 0, never significant.
+    a = [30, 40, 30, 40, 30, 40]
+    b = [35, 35, 35, 35, 35, 35]
+    finals = {"a": dict(zip(SEEDS, a, strict=True)), "b": dict(zip(SEEDS, b, strict=True))}
+    rounds, last = racing.race(finals, ["a", "b"], SEEDS, alpha=0.05)
+    assert len(rounds) == len(SEEDS) and last.seeds == []  # every seed of the budget ran
+    v = last.verdict
+    assert not v.decided and v.n == len(SEEDS) and v.diff_mean == pytest.approx(0.0)
+    assert {v.leader, v.runner_up} == {"a", "b"}
+    assert v.sentence().startswith("tie: ") and "over 6 paired seeds" in v.sentence()
+
+
+def test_every_survivor_runs_the_same_seeds_and_the_worse_half_drops_out():
+    # Six candidates, means 30..80 with a seed effect shared by all (pairing cancels it) and c1's
+    # own wobble: after seed 101 the best three go on (and the baseline c6), after 102 the best
+    # two. c1 - c2 differences 10, 4, 13: t = 2.33 after two seeds (df 1 needs 6.31), 3.40
+    # after three (df 2 needs 2.92), so the leader wins on seed 103.
+    shift = {101: 0.0, 102: 8.0, 103: -8.0, 104: 4.0, 105: 0.0, 106: 0.0}
+    wobble = {101: 0.0, 102: 6.0, 103: -3.0, 104: 0.0, 105: 0.0, 106: 0.0}
+    finals = {f"c{i}": {s: 20.0 + 10.0 * i + shift[s] + (wobble[s] if i == 1 else 0.0)
+                        for s in SEEDS} for i in range(1, 7)}
+    rounds, last = racing.race(finals, [f"c{i}" for i in range(6, 0, -1)], SEEDS, alpha=0.05,
+                               keep="c6")
+    ran: dict[str, list[int]] = {}
+    for runs in rounds:
+        assert len({s for _, s in runs}) == 1  # one seed per round, every survivor on it
+        for c, s in runs:
+            ran.setdefault(c, []).append(s)
+    for c, seeds in ran.items():  # a candidate's seeds are a prefix of the budget: paired
+        assert seeds == SEEDS[:len(seeds)], c
+    assert len(rounds[0]) == 6
+    assert {c for c, _ in rounds[1]} == {"c1", "c2", "c3", "c6"}  # best half + the baseline kept
+    assert {c for c, _ in rounds[2]} == {"c1", "c2", "c6"}
+    assert last.verdict.decided and last.verdict.leader == "c1" and last.verdict.runner_up == "c2"
+    assert len(rounds) == 3 and last.verdict.n == 3
+    # Unpaired, c1 (30, 44, 19) would not separate from c2 (40, 48, 32) on these three seeds.
+    assert stats.ttest_ind([30, 44, 19], [40, 48, 32], alternative="less").pvalue > 0.05
+
+
+def test_a_failed_run_drops_the_candidate_and_the_survivor_wins_alone():
+    finals = {"a": {101: 30.0, 102: None}, "b": {101: 40.0, 102: 41.0}}
+    rounds, last = racing.race(finals, ["a", "b"], [101, 102, 103], alpha=0.05)
+    assert len(rounds) == 2 and last.verdict.decided and last.verdict.leader == "b"
+    assert last.verdict.runner_up is None and "only candidate" in last.verdict.sentence()
+
+
+def test_identical_differences_are_certain_only_when_positive():
+    assert racing.paired_test({1: 10.0, 2: 10.0}, {1: 12.0, 2: 12.0})[3] == 0.0
+    assert racing.paired_test({1: 10.0, 2: 10.0}, {1: 10.0, 2: 10.0})[3] == 1.0
+    assert racing.paired_test({1: 10.0}, {1: 12.0}) == (2.0, None, 1, None)
