@@ -349,3 +349,61 @@ def test_confirm_seeds_used_by_the_search_are_one_line(capfd):
     result = run_cli(capfd, "search", str(SMOKE), "--set", "search.confirm.enabled=true",
                      "--set", "search.confirm.set={model.channels: [7, 9]}", "--dry-run")
     assert_one_line(result, "search.confirm.set")
+
+
+# A baseline that cannot learn (lr 1e-7 leaves the network at its initialisation over 0.4 kimg)
+# against one that does: the race is decided by construction, on any machine.
+RACED = ["--set", "search.algorithm=grid", "--set", "search.asha.enabled=false",
+         "--set", "search.space={optim.lr: {choice: [0.002, 1.0e-7]}}",
+         "--set", "search.points_to_evaluate=[]", "--set", "search.confirm.enabled=true",
+         "--set", "search.confirm.top_k=1", "--set", "search.confirm.seeds=[101, 102, 103, 104]",
+         "--set", "search.confirm.baseline={optim.lr: 1.0e-7}",
+         "--set", "search.confirm.racing.enabled=true",
+         # df=1 after two seeds: the leader must beat the runner-up by more than the differences'
+         # sd (t > 1.38), which an untrained baseline ~100 FID worse does.
+         "--set", "search.confirm.racing.alpha=0.2", "--set", "search.name=raced"]
+
+
+@pytest.mark.slow
+def test_racing_runs_rounds_on_paired_seeds_and_stops_when_one_dominates(tmp_path):
+    tmp = Path(tempfile.mkdtemp(prefix="tsr", dir="/tmp"))  # Ray's socket paths are short
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    try:
+        proc = subprocess.run(
+            _cli("search", str(SMOKE), *RACED, "--set", f"search.storage_path={tmp_path}/ray",
+                 "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                 "--set", f"eval.cache_dir={tmp_path}/cache"),
+            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
+    finally:
+        subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    exp = tmp_path / "ray" / "raced"
+    conf = json.loads((exp / "summary" / names.ARTIFACT_CONFIRMED).read_text())
+    assert conf["raced"] and conf["decided"] and conf["p_value"] <= 0.2
+    leader, base = conf["rows"]
+    assert leader["values"]["optim.lr"] == 0.002 and base["baseline"]
+    # Stopped before the budget: fewer than 4 seeds each, the same seeds for both (paired).
+    assert 2 <= len(leader["seeds"]) < 4 and leader["seeds"] == base["seeds"]
+    assert leader["seeds"] == [101, 102, 103, 104][:len(leader["seeds"])]
+    rounds = sorted(exp.glob("confirm-r*"))
+    assert len(rounds) == len(leader["seeds"])  # one Tune experiment per round
+    assert conf["runs"] == 2 * len(rounds)
+    assert base["paired_n"] == len(leader["seeds"]) and base["paired_diff"] > 0
+    assert f"racing round {len(rounds)}: {leader['label']} beats {base['label']}" in out
+    runs = _runs(tmp_path / "mlflow.db")
+    confirm = [r for r in runs if r["tags"].get(names.TAG_PHASE) == names.PHASE_CONFIRM]
+    assert sorted((r["params"]["trial.method"], r["params"]["trial.train.seed"])
+                  for r in confirm) == sorted((row["label"], str(s)) for row in conf["rows"]
+                                              for s in row["seeds"])
+    parent = next(r for r in runs if r["tags"].get(names.TAG_KIND) == names.KIND_SEARCH)
+    assert parent["tags"][names.TAG_CONFIRM_VERDICT].startswith(f"{leader['label']} beats")
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        metrics = dict(con.execute("select key, value from metrics where run_uuid=?",
+                                   (parent["id"],)).fetchall())
+    # Each smoke run trains 0.4 kimg (to the batch): the stage's kimg is runs x that.
+    assert metrics[names.CONFIRM_RUNS] == conf["runs"]
+    assert metrics[names.CONFIRM_TRIAL_KIMG] == pytest.approx(conf["trial_kimg"])
+    assert conf["trial_kimg"] == pytest.approx(conf["runs"] * 0.416, rel=0.05)
+    assert "raced over fresh seeds 101, 102, 103, 104" in parent["tags"][names.TAG_NOTE]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -83,3 +84,44 @@ def test_identical_differences_are_certain_only_when_positive():
     assert racing.paired_test({1: 10.0, 2: 10.0}, {1: 12.0, 2: 12.0})[3] == 0.0
     assert racing.paired_test({1: 10.0, 2: 10.0}, {1: 10.0, 2: 10.0})[3] == 1.0
     assert racing.paired_test({1: 10.0}, {1: 12.0}) == (2.0, None, 1, None)
+
+
+def test_mid_race_standing_is_not_called_a_tie():
+    v = racing.Verdict(leader="a", runner_up="b", diff_mean=3.0, n=1)
+    assert v.sentence(final=False).startswith("a leads b: difference 3.0 FID")
+    assert v.sentence().startswith("tie: a and b") and "no test with one seed" in v.sentence()
+
+
+def test_a_raced_ranking_puts_survivors_first_and_pairs_differences_with_the_leader():
+    from rich.console import Console
+
+    from tsearch.cli.search import _confirm_table
+    from tsearch.records import TrialRecord
+    from tsearch.search import confirm as confirming
+    from tsearch.search import summary
+
+    long = "lognormal p_mean=-1.2 p_std=1.2 weighting=min_snr lr=2e-3"
+    cands = [confirming.Candidate(label=x, values={}, baseline=x == "base")
+             for x in (long, "gone", "base")]
+    # "gone" was third on seed 101 and dropped out; the survivors ran 101-103.
+    finals = {(long, 101): 31.0, (long, 102): 29.0, (long, 103): 30.0, ("gone", 101): 35.0,
+              ("base", 101): 40.0, ("base", 102): 41.0, ("base", 103): 45.0}
+    trials = [TrialRecord(trial_id=f"{label}{seed}", status="TERMINATED",
+                          values={"method": label, "train.seed": seed}, fid=[(4000, f)])
+              for (label, seed), f in finals.items()]
+    conf = confirming.rank(cands, trials, [101, 102, 103, 104], {}, search="s",
+                           parent_run_id="p", tracking_uri="x", raced=True)
+    assert [r.label for r in conf.rows] == [long, "base", "gone"]
+    lead, base, gone = conf.rows
+    assert lead.seeds == [101, 102, 103] and gone.seeds == [101] and gone.finals == [35.0]
+    assert base.paired_diff == pytest.approx(12.0) and base.paired_n == 3
+    assert base.paired_sd == pytest.approx(float(np.std([9, 12, 15], ddof=1)))
+    assert gone.paired_diff == pytest.approx(4.0) and gone.paired_n == 1
+    assert conf.runs == 7 and conf.decided is True
+    assert conf.verdict.startswith(f"{long} beats base: difference 12.0 ± 3.0 FID")
+    console = Console(width=120, record=True)
+    console.print(_confirm_table(conf))
+    text = console.export_text()
+    assert long in text.replace("\n", " ") or all(w in text for w in long.split())
+    assert "+12.0 ± 3.0" in text and "raced over fresh seeds 101, 102, 103, 104; 7 runs" in text
+    assert summary.winner_line(conf).startswith(f"confirmed winner: {long}, FID 30.00")

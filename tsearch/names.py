@@ -42,6 +42,10 @@ CONFIRM_SPEEDUP_KIMG = "confirm/speedup_kimg"  # over the baseline, to its final
 CONFIRM_SPEEDUP_COMPUTE = "confirm/speedup_compute"
 CONFIRM_WINNERS_CURSE = "confirm/winners_curse"  # search FID minus confirmed mean
 CONFIRM_KENDALL_TAU = "confirm/kendall_tau"  # search ranking vs confirmed ranking
+CONFIRM_P_VALUE = "confirm/p_value"  # paired t-test, leader vs runner-up (one-sided)
+CONFIRM_TRIAL_KIMG = "confirm/trial_kimg"  # kimg the confirmation runs trained together
+CONFIRM_RUNS = "confirm/runs"
+TAG_CONFIRM_VERDICT = "tsearch.confirm_verdict"  # the leader vs the runner-up, in words
 
 
 def loss_quartile(i: int) -> str:

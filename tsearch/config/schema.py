@@ -214,6 +214,18 @@ class AshaConfig(Section):
     brackets: int = Field(1, ge=1, le=100)
 
 
+class RacingConfig(Section):
+    """Seeds raced like instances (tsearch/search/racing.py): every surviving candidate runs the
+    next seed of ``confirm.seeds``, the better half survives each round, and the stage stops when
+    the leader beats the runner-up by a paired t-test at ``alpha`` (else: a stated tie)."""
+
+    enabled: bool = False
+    # One-sided level of the paired t-test that ends the race (and that names a tie when the
+    # seeds run out); also used for the verdict of a stage that does not race.
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    seeds_per_round: int = Field(1, ge=1, le=100)  # seeds each survivor adds per round
+
+
 class ConfirmConfig(Section):
     """The confirmation stage: the search's top configurations retrained on fresh seeds.
 
@@ -233,6 +245,7 @@ class ConfirmConfig(Section):
     # Dotted overrides for the confirmation runs only (e.g. a larger model, resolution, budget).
     set: dict[str, Any] = Field(default_factory=dict)
     max_concurrent: int | None = Field(None, ge=1, le=MAX_WORKERS)  # None: search.max_concurrent
+    racing: RacingConfig = RacingConfig()  # its budget: seeds above, in order
 
     @field_validator("seeds")
     @classmethod

@@ -74,6 +74,10 @@ class ConfirmRow:
     speedup_kimg: float | None = None  # baseline's kimg_to_target / this one (> 1: faster)
     speedup_compute: float | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)  # seed-mean (kimg, FID)
+    # Against the confirmed leader over the seeds both ran (this minus it; None for the leader).
+    paired_diff: float | None = None
+    paired_sd: float | None = None
+    paired_n: int = 0
 
     @property
     def n(self) -> int:
@@ -98,6 +102,13 @@ class Confirmation:
     overrides: dict[str, Any] = field(default_factory=dict)  # confirm.set
     kendall_tau: float | None = None  # search ranking vs confirmed ranking (candidates only)
     notes: list[str] = field(default_factory=list)
+    # The leader against the runner-up (racing.Verdict.sentence): a winner or a stated tie.
+    verdict: str | None = None
+    decided: bool | None = None  # None: fewer than two candidates finished
+    p_value: float | None = None
+    raced: bool = False  # seeds were raced (rows may have run different numbers of seeds)
+    runs: int = 0  # confirmation runs the stage started
+    trial_kimg: float = 0.0  # kimg those runs trained together
 
     @property
     def winner(self) -> ConfirmRow | None:
@@ -251,14 +262,8 @@ def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun,
     ``state`` is the search's state file: the candidates are saved there when the phase begins,
     so a resumed phase runs the same ones.
     """
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from tsearch.search.results import trial_records
-
     cfg, checked = ctx.cfg, ctx.checked
-    c, s = cfg.search.confirm, cfg.search
-    cexp = ctx.exp_path / CONFIRM_SUBDIR
+    c = cfg.search.confirm
     saved = state.get("confirm", {}).get("candidates")
     if saved:  # resumed: the candidates chosen when the phase began
         cands = [Candidate(**x) for x in saved]
@@ -273,7 +278,9 @@ def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun,
         raise TsearchError(f"search.confirm.seeds {sorted(used & set(c.seeds))} were used by "
                            "search trials; confirmation needs fresh seeds")
     kimg = c.set.get(names.TOTAL_KIMG_KEY, cfg.train.total_kimg)
-    log.info(f"confirmation: {len(cands)} configurations x {len(c.seeds)} fresh seeds "
+    how = (f"raced over up to {len(c.seeds)} fresh seeds (paired t-test at "
+           f"{c.racing.alpha:g})" if c.racing.enabled else f"x {len(c.seeds)} fresh seeds")
+    log.info(f"confirmation: {len(cands)} configurations {how} "
              f"({', '.join(map(str, c.seeds))}) at {kimg:g} kimg, no early stopping"
              + (f"; with {', '.join(f'{k}={v}' for k, v in c.set.items())}" if c.set else ""))
     for cand in cands:
@@ -281,29 +288,101 @@ def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun,
         log.info(f"  {cand.label}  ({fid}{', baseline' if cand.baseline else ''})")
     cbase = {**base, "eval": {**base["eval"], "at_kimg": list(cfg.eval.at_kimg)}}
     trainable = phase.trainable(ctx, cbase, meta.for_phase(names.PHASE_CONFIRM))
+    ends = (kimg, [], parent.run_id)
+    if c.racing.enabled:
+        result.confirm_trials = _race(ctx, cands, trainable, cbase, ends)
+    else:
+        result.confirm_trials = _fit(ctx, CONFIRM_SUBDIR, cells(cands, c.seeds, c.set),
+                                     trainable, cbase, ends)
+    complete_phase_plots(result.confirm_trials, cbase, ctx.uri)
+    result.confirmation = rank(
+        cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
+        parent_run_id=parent.run_id, tracking_uri=ctx.uri, alpha=c.racing.alpha,
+        raced=c.racing.enabled)
+    parent.record_confirmation(result, base, c.set)
+
+
+def _fit(ctx: phase.SearchContext, subdir: str, grid_cells: list[dict[str, Any]],
+         trainable: Any, cbase: dict[str, Any],
+         ends: tuple[float | None, list[float], str | None]) -> list[TrialRecord]:
+    """One Tune experiment of confirmation runs (``subdir`` of the search's), resumed when it
+    exists and the search is resumed; their records."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tsearch.search.results import trial_records
+
+    s, checked = ctx.cfg.search, ctx.checked
+    cexp = ctx.exp_path / subdir
     if ctx.resume and tune.Tuner.can_restore(str(cexp)):
         log.info(f"resuming {cexp}")
-        tune_state.mend_state(cexp, f"{checked.name}/{CONFIRM_SUBDIR}", checked.name)
+        tune_state.mend_state(cexp, f"{checked.name}/{subdir}", checked.name)
         tune_state.stub_pruned_checkpoints(cexp)
         tuner = tune.Tuner.restore(str(cexp), trainable=trainable, resume_errored=True,
                                    restart_errored=False)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={GRID_KEY: tune.grid_search(cells(cands, c.seeds, c.set))},
+            param_space={GRID_KEY: tune.grid_search(grid_cells)},
             tune_config=tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler(),
-                                        max_concurrent_trials=c.max_concurrent or
+                                        max_concurrent_trials=s.confirm.max_concurrent or
                                         s.max_concurrent, reuse_actors=s.reuse_actors),
-            run_config=phase.run_config(ctx, CONFIRM_SUBDIR, _join(ctx.storage, checked.name),
-                                        [METHOD_KEY], cbase, ends=(kimg, [], parent.run_id)))
+            run_config=phase.run_config(ctx, subdir, _join(ctx.storage, checked.name),
+                                        [METHOD_KEY], cbase, ends=ends))
     grid = tuner.fit()
     tune_state.prune_checkpoints(cexp, s.num_to_keep)
-    result.confirm_trials = trial_records(grid)
-    complete_phase_plots(result.confirm_trials, cbase, ctx.uri)
-    result.confirmation = rank(
-        cands, result.confirm_trials, c.seeds, c.set, search=checked.name,
-        parent_run_id=parent.run_id, tracking_uri=ctx.uri)
-    parent.record_confirmation(result, base, c.set)
+    return trial_records(grid)
+
+
+def final_fids(trials: Sequence[TrialRecord]) -> dict[str, dict[int, float | None]]:
+    """{candidate label: {seed: final FID}} of confirmation runs (None: failed or no FID)."""
+    out: dict[str, dict[int, float | None]] = {}
+    for t in trials:
+        label, seed = t.values.get(METHOD_KEY), t.values.get(SEED_KEY)
+        if label is None or seed is None:
+            continue
+        finite = [f for _, f in t.fid_by_kimg if math.isfinite(f)]
+        out.setdefault(str(label), {})[int(seed)] = finite[-1] if finite and not t.failed \
+            else None
+    return out
+
+
+def _race(ctx: phase.SearchContext, cands: Sequence[Candidate], trainable: Any,
+          cbase: dict[str, Any], ends: tuple[float | None, list[float], str | None]
+          ) -> list[TrialRecord]:
+    """Race the candidates over ``confirm.seeds``: one Tune experiment per round
+    (``confirm-r1``, ``confirm-r2``, ...). Rounds follow from the results alone, so a resumed
+    search restores the finished rounds' experiments and goes on where it stopped."""
+    from tsearch.search import racing
+
+    c = ctx.cfg.search.confirm
+    r = c.racing
+    by_label = {x.label: x for x in cands}
+    keep = next(x.label for x in cands if x.baseline)
+    records: list[TrialRecord] = []
+    results: dict[str, dict[int, float | None]] = {x.label: {} for x in cands}
+    step = racing.next_round(results, list(by_label), c.seeds, alpha=r.alpha, keep=keep,
+                             per_round=r.seeds_per_round)
+    i = 0
+    while step.seeds:
+        i += 1
+        log.info(f"racing round {i}: {len(step.alive)} candidate"
+                 f"{'s' if len(step.alive) != 1 else ''} on seed"
+                 f"{'s' if len(step.seeds) != 1 else ''} {', '.join(map(str, step.seeds))}")
+        got = _fit(ctx, f"{CONFIRM_SUBDIR}-r{i}",
+                   cells([by_label[a] for a in step.alive], step.seeds, c.set), trainable,
+                   cbase, ends)
+        records += got
+        finals = final_fids(got)
+        for label in step.alive:  # a run without a record failed before reporting
+            for seed in step.seeds:
+                results[label][int(seed)] = finals.get(label, {}).get(int(seed))
+        step = racing.next_round(results, step.alive, c.seeds, alpha=r.alpha, keep=keep,
+                                 per_round=r.seeds_per_round)
+        if step.verdict is not None:
+            log.info(f"racing round {i}: {step.verdict.sentence(final=not step.seeds)}"
+                     + (f"; racing on: {', '.join(step.alive)}" if step.seeds else ""))
+    return records
 
 
 def _join(storage: str, *parts: str) -> str:
@@ -314,18 +393,28 @@ def _join(storage: str, *parts: str) -> str:
 # --- After them ---------------------------------------------------------------------------------
 def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Sequence[int],
          overrides: Mapping[str, Any], *, search: str, parent_run_id: str,
-         tracking_uri: str) -> Confirmation:
+         tracking_uri: str, alpha: float = 0.05, raced: bool = False) -> Confirmation:
     """The confirmed ranking: mean final FID over the seeds (best first), and speed-ups.
 
     ``trials`` are the confirmation runs' records (from Tune's grid, with compute per evaluation).
+    ``raced``: candidates ran the seeds racing gave them (a prefix of ``seeds`` each), and the
+    ones that ran more rank first; else every candidate has every seed. The leader is tested
+    against the runner-up by a paired t-test at ``alpha`` either way.
     """
     from tsearch.report.analysis import build_report
+    from tsearch.search import racing
 
     by_label = {c.label: c for c in cands}
+    ran = {(t.values.get(METHOD_KEY), t.values.get(SEED_KEY)) for t in trials}
+
+    def seeds_of(label: str) -> list[int]:
+        return [int(s) for s in seeds if not raced or (label, s) in ran]
+
     rows = {c.label: ConfirmRow(label=c.label, values=c.values, baseline=c.baseline,
-                                search_fid=c.search_fid, seeds=[int(s) for s in seeds],
-                                finals=[None] * len(seeds), kimg=[None] * len(seeds),
-                                run_ids=[None] * len(seeds)) for c in cands}
+                                search_fid=c.search_fid, seeds=seeds_of(c.label),
+                                finals=[None] * len(seeds_of(c.label)),
+                                kimg=[None] * len(seeds_of(c.label)),
+                                run_ids=[None] * len(seeds_of(c.label))) for c in cands}
     records = []
     for t in trials:
         label, seed = t.values.get(METHOD_KEY), t.values.get(SEED_KEY)
@@ -348,7 +437,9 @@ def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Seque
             row.std = float(got.std(ddof=1)) if got.size > 1 else None
     baseline = next(c.label for c in cands if c.baseline)
     result = Confirmation(seeds=[int(s) for s in seeds], rows=list(rows.values()),
-                          baseline=baseline, target_fid=None, overrides=dict(overrides))
+                          baseline=baseline, target_fid=None, overrides=dict(overrides),
+                          raced=raced, runs=len(trials),
+                          trial_kimg=float(sum(t.kimg for t in trials)))
     if any(r.fid for r in records):
         report = build_report(records, search=search, parent_run_id=parent_run_id,
                               tracking_uri=tracking_uri, seed_key=SEED_KEY, baseline=baseline)
@@ -365,13 +456,37 @@ def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Seque
                     row.compute_to_target = r.target.compute_curve
                     row.speedup_kimg = r.target.ratio_kimg
                     row.speedup_compute = r.target.ratio_compute
-    # Best first; a candidate with failed seeds after those with all of them.
-    result.rows.sort(key=lambda r: (r.mean is None, r.n < len(seeds),
+    # Best first; a candidate with failed seeds after those with all of theirs; raced, the ones
+    # that survived more rounds first.
+    result.rows.sort(key=lambda r: (r.mean is None, r.n < len(r.seeds), -len(r.seeds),
                                     r.mean if r.mean is not None else math.inf))
+    _verdict(result, alpha, racing)
     result.kendall_tau = kendall_tau(
         [r.search_fid for r in result.rows if r.search_fid is not None and r.mean is not None],
         [r.mean for r in result.rows if r.search_fid is not None and r.mean is not None])
     return result
+
+
+def _verdict(conf: Confirmation, alpha: float, racing: Any) -> None:
+    """Paired differences to the leader, and the leader against the runner-up in words."""
+    finals = {r.label: dict(zip(r.seeds, r.finals, strict=True)) for r in conf.rows}
+    complete = [r for r in conf.rows if r.mean is not None and r.n == len(r.seeds)]
+    if not complete:
+        return
+    leader = complete[0]
+    for row in conf.rows:
+        if row is not leader:
+            diff, sd, n, _ = racing.paired_test(finals[leader.label], finals[row.label])
+            row.paired_diff, row.paired_sd, row.paired_n = diff, sd, n
+    if len(complete) < 2:
+        return
+    runner = complete[1]
+    verdict = racing.Verdict(leader=leader.label, runner_up=runner.label, alpha=alpha)
+    verdict.diff_mean, verdict.diff_sd, verdict.n, verdict.p_value = racing.paired_test(
+        finals[leader.label], finals[runner.label])
+    verdict.decided = verdict.p_value is not None and verdict.p_value <= alpha
+    conf.verdict, conf.decided, conf.p_value = verdict.sentence(), verdict.decided, \
+        verdict.p_value
 
 
 def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:

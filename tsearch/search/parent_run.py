@@ -134,10 +134,14 @@ class ParentRun:
                    names.CONFIRM_SPEEDUP_KIMG: winner.speedup_kimg,
                    names.CONFIRM_SPEEDUP_COMPUTE: winner.speedup_compute,
                    names.CONFIRM_WINNERS_CURSE: winner.winners_curse,
-                   names.CONFIRM_KENDALL_TAU: conf.kendall_tau}
+                   names.CONFIRM_KENDALL_TAU: conf.kendall_tau,
+                   names.CONFIRM_P_VALUE: conf.p_value, names.CONFIRM_RUNS: conf.runs,
+                   names.CONFIRM_TRIAL_KIMG: conf.trial_kimg}
         self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if v is not None},
                                  step=0)
-        self.tracker.set_tags({names.TAG_CONFIRMED: winner.label})
+        self.tracker.set_tags({names.TAG_CONFIRMED: winner.label,
+                               **({names.TAG_CONFIRM_VERDICT: conf.verdict}
+                                  if conf.verdict else {})})
         self.tracker.flush()
 
 

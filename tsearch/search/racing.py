@@ -37,8 +37,9 @@ class Verdict:
     alpha: float = 0.05
     decided: bool = False
 
-    def sentence(self) -> str:
-        """The race's answer in words: a winner and its evidence, or a tie that says so."""
+    def sentence(self, final: bool = True) -> str:
+        """The race's answer in words: a winner and its evidence, or a tie that says so;
+        ``final=False``: the standing while seeds remain."""
         if self.runner_up is None:
             return f"{self.leader}: the only candidate whose runs all finished"
         spread = f" ± {self.diff_sd:.1f}" if self.diff_sd is not None else ""
@@ -47,8 +48,10 @@ class Verdict:
         if self.decided:
             return (f"{self.leader} beats {self.runner_up}: {diff}, paired t-test "
                     f"p = {self.p_value:.3g} <= {self.alpha:g}")
-        test = ("" if self.p_value is None else
-                f"; paired t-test p = {self.p_value:.3g} > {self.alpha:g}")
+        test = (f"; paired t-test p = {self.p_value:.3g} > {self.alpha:g}"
+                if self.p_value is not None else "; no test with one seed")
+        if not final:
+            return f"{self.leader} leads {self.runner_up}: {diff}{test}"
         return f"tie: {self.leader} and {self.runner_up}: {diff}{test}"
 
 

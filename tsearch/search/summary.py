@@ -34,15 +34,27 @@ def best_rows(result: Any, limit: int = SHOWN) -> list[list[str]]:
 
 
 def confirm_title(conf: Confirmation) -> str:
-    return (f"confirmed ranking: final FID over fresh seeds {', '.join(map(str, conf.seeds))}"
+    how = "raced over fresh seeds" if conf.raced else "final FID over fresh seeds"
+    spent = (f"; {conf.runs} run{'s' if conf.runs != 1 else ''}, {conf.trial_kimg:g} trial-kimg"
+             if conf.runs else "")
+    return (f"confirmed ranking: {how} {', '.join(map(str, conf.seeds))}"
             + (f" with {', '.join(f'{k}={v}' for k, v in conf.overrides.items())}"
-               if conf.overrides else ""))
+               if conf.overrides else "") + spent)
 
 
 def confirm_columns(conf: Confirmation) -> list[str]:
     target = f" ({conf.target_fid:.2f})" if conf.target_fid is not None else ""
-    return ["#", "configuration", "search FID", "confirmed FID", "per seed",
-            f"kimg to FID{target}", "speed-up kimg", "speed-up compute"]
+    return ["#", "configuration", "search FID", "confirmed FID", "per seed", "vs leader",
+            f"kimg to FID{target}", "speed-up kimg / compute"]
+
+
+def _versus(row: Any) -> str:
+    """This row minus the leader over the seeds both ran (paired; the per-seed column shows
+    which), mean ± sd."""
+    if row.paired_diff is None:
+        return "-"
+    sd = f" ± {row.paired_sd:.1f}" if row.paired_sd is not None else ""
+    return f"{row.paired_diff:+.1f}{sd}"
 
 
 def confirm_rows(conf: Confirmation) -> list[list[str]]:
@@ -55,25 +67,28 @@ def confirm_rows(conf: Confirmation) -> list[list[str]]:
         rows.append([
             str(i), row.label + (" (baseline)" if row.baseline else ""),
             "-" if row.search_fid is None else f"{row.search_fid:.2f}", mean,
-            " ".join("-" if f is None else f"{f:.1f}" for f in row.finals),
+            " ".join("-" if f is None else f"{f:.1f}" for f in row.finals), _versus(row),
             "-" if row.kimg_to_target is None else f"{row.kimg_to_target:.2f}",
-            "-" if row.speedup_kimg is None else f"{row.speedup_kimg:.2f}",
-            "-" if row.speedup_compute is None else f"{row.speedup_compute:.2f}"])
+            " / ".join("-" if x is None else f"{x:.2f}"
+                       for x in (row.speedup_kimg, row.speedup_compute))])
     return rows
 
 
 def winner_line(conf: Confirmation) -> str | None:
-    """One sentence on the confirmed winner; None when every candidate failed."""
+    """One sentence on the confirmed winner (or the leader of a stated tie), then the paired
+    evidence; None when every candidate failed."""
     w = conf.winner
     if w is None:
         return None
     curse = w.winners_curse
-    return (f"confirmed winner: {w.label}, FID {w.mean:.2f}"
+    what = "confirmed leader (a tie)" if conf.decided is False else "confirmed winner"
+    return (f"{what}: {w.label}, FID {w.mean:.2f}"
             + (f" ± {w.std:.2f}" if w.std is not None else "")
             + (f", {w.speedup_kimg:.2f}x the baseline's speed"
                if w.speedup_kimg is not None else "")
             + (f"; its search FID was {w.search_fid:.2f} (winner's curse "
-               f"{curse:+.2f}: search minus confirmed)" if curse is not None else ""))
+               f"{curse:+.2f}: search minus confirmed)" if curse is not None else "")
+            + (f". {conf.verdict[0].upper()}{conf.verdict[1:]}" if conf.verdict else ""))
 
 
 def markdown(result: Any) -> str:
