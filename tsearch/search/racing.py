@@ -7,7 +7,7 @@ intensification and F-Race do: every surviving candidate runs on the same seeds 
 that is hard for everyone cancels out), each round keeps the better half and adds a seed, and the
 race stops when the leader beats the runner-up by a one-sided paired t-test at ``alpha``, or
 when ``search.confirm.seeds`` is spent; then the answer is a stated tie
-(docs/algorithms.md, "Racing the confirmation seeds").
+(docs/search.md, section 1).
 
 Pure functions over {candidate: {seed: final FID or None}}: the confirmation stage runs one Tune
 experiment per round and calls :func:`next_round` between them.
