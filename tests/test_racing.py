@@ -125,3 +125,39 @@ def test_a_raced_ranking_puts_survivors_first_and_pairs_differences_with_the_lea
     assert long in text.replace("\n", " ") or all(w in text for w in long.split())
     assert "+12.0 ± 3.0" in text and "raced over fresh seeds 101, 102, 103, 104; 7 runs" in text
     assert summary.winner_line(conf).startswith(f"confirmed winner: {long}, FID 30.00")
+
+
+def _curve_trials(curves):
+    from tsearch.records import TrialRecord
+
+    return [TrialRecord(trial_id=f"{label}{seed}", status="TERMINATED",
+                        values={"method": label, "train.seed": seed},
+                        fid=[(k, f) for k, f in zip([5000, 10000, 15000, 20000], fids,
+                                                    strict=True)])
+            for (label, seed), fids in curves.items()]
+
+
+@pytest.mark.parametrize("fast,shown", [
+    # Already below the baseline's final FID (40) at its first evaluation: crossing in (0, 5],
+    # speed-up 20 / 5 = 4 is only a lower bound.
+    ([35, 30, 28, 27], ">= 4.00"),
+    # Crossing bracketed by 5 and 10 kimg (interpolated 7.5): speed-up 2.67, range 2-4.
+    ([45, 35, 30, 28], "2.67 (2.00-4.00)"),
+])
+def test_a_speedup_that_is_a_bound_or_loosely_bracketed_prints_so(fast, shown):
+    from tsearch.search import confirm as confirming
+    from tsearch.search import summary
+
+    cands = [confirming.Candidate(label="fast", values={}),
+             confirming.Candidate(label="base", values={}, baseline=True)]
+    curves = {("fast", 1): fast, ("fast", 2): fast,
+              ("base", 1): [80, 60, 50, 40], ("base", 2): [80, 60, 50, 40]}
+    conf = confirming.rank(cands, _curve_trials(curves), [1, 2], {}, search="s",
+                           parent_run_id="p", tracking_uri="x")
+    w = conf.winner
+    assert w.label == "fast" and w.speedup_text() == shown
+    assert w.speedup_is_bound == shown.startswith(">=")
+    assert summary.confirm_rows(conf)[0][-1].startswith(shown)
+    assert f"{shown.split(' (')[0]}x" in summary.winner_line(conf)
+    base = conf.rows[1]  # the baseline reaches its own final FID at its last evaluation: exact
+    assert base.speedup_text() == "1.00"

@@ -45,6 +45,9 @@ CONFIRM_KENDALL_TAU = "confirm/kendall_tau"  # search ranking vs confirmed ranki
 CONFIRM_P_VALUE = "confirm/p_value"  # paired t-test, leader vs runner-up (one-sided)
 CONFIRM_TRIAL_KIMG = "confirm/trial_kimg"  # kimg the confirmation runs trained together
 CONFIRM_RUNS = "confirm/runs"
+# 1 when the winner's confirm/speedup_kimg is only a lower bound (docs/search.md, 2).
+CONFIRM_SPEEDUP_IS_BOUND = "confirm/speedup_kimg_is_bound"
+TAG_CONFIRM_SPEEDUP = "tsearch.confirm_speedup"  # the winner's speed-up as text: ">= 3.96x"
 TAG_CONFIRM_VERDICT = "tsearch.confirm_verdict"  # the leader vs the runner-up, in words
 
 

@@ -58,6 +58,8 @@ def _search_json(row, counts) -> dict:
             "ended": dict(counts.ended) if counts else {},
             "best_fid": row.best_fid if math.isfinite(row.best_fid) else None,
             "confirmed_winner": row.tags.get(names.TAG_CONFIRMED),
+            "confirmed_speedup": row.tags.get(names.TAG_CONFIRM_SPEEDUP),
+            "confirm_verdict": row.tags.get(names.TAG_CONFIRM_VERDICT),
             "experiment_id": row.experiment_id, "artifact_uri": row.artifact_uri}
 
 
@@ -95,6 +97,13 @@ def runs_show(
                    f"{_num(t.best_fid, '.2f'):>8} {_num(t.last_fid, '.2f'):>8} "
                    f"{_num(t.probe_forwards, '.3g'):>7}  {_time_shares(t):<20} {t.run_id:<32}  "
                    f"{t.label}")
+    confirmed = parent.tags.get(names.TAG_CONFIRMED)
+    if confirmed:
+        speed = parent.tags.get(names.TAG_CONFIRM_SPEEDUP)
+        verdict = parent.tags.get(names.TAG_CONFIRM_VERDICT)
+        typer.echo(f"confirmed winner: {confirmed}"
+                   + (f", {speed} the baseline's speed" if speed else "")
+                   + (f"; {verdict}" if verdict else ""))
     typer.echo(f"artifacts: {names.mask_uri(parent.artifact_uri)}/  (trials.csv, fid_vs_kimg.png, "
                "best_trials_p_t.png, best_config.yaml)")
 

@@ -28,7 +28,15 @@ from tsearch import labels, names
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.records import TrialRecord
 from tsearch.report.cells import Row, rows_by_block, value_key
-from tsearch.report.curves import INTERPOLATION, _mean_std, compute_at, evaluations, kimg_to_target
+from tsearch.report.curves import (
+    INTERPOLATION,
+    _mean_std,
+    compute_at,
+    crossing_bracket,
+    evaluations,
+    kimg_to_target,
+    ratio_range,
+)
 
 SCHEDULE_ORDER = ("linear", "cosine", "quad", "flow")  # flow: the flow-matching process
 MISSING = "–"
@@ -64,6 +72,12 @@ class TargetStat:
     compute_curve: float | None = None
     ratio_kimg: float | None = None  # baseline kimg_curve / this kimg_curve: > 1 is faster
     ratio_compute: float | None = None
+    # Where the seed-mean curve's crossing can lie between its evaluations (lo 0: at or before
+    # the first), and the speed-ups' resulting ranges (hi inf: only a lower bound).
+    kimg_bracket: tuple[float, float] | None = None
+    compute_bracket: tuple[float, float] | None = None
+    ratio_kimg_range: tuple[float, float] | None = None
+    ratio_compute_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -147,7 +161,24 @@ def _target_stats(row: Row, target: float) -> TargetStat:
         comp = [float(np.mean([c[e.index] for c in spent])) for e in full]
         stat.kimg_curve, stat.compute_curve = kimg_to_target(
             [e.kimg for e in full], [e.mean for e in full], target, comp)
+        bracket = crossing_bracket([e.kimg for e in full], [e.mean for e in full], target, comp)
+        if bracket is not None:
+            stat.kimg_bracket = bracket[0], bracket[1]
+            if bracket[2] is not None and bracket[3] is not None:
+                stat.compute_bracket = bracket[2], bracket[3]
+            if bracket[1] == full[-1].kimg and math.isclose(target, full[-1].mean,
+                                                            rel_tol=1e-9):
+                # The baseline at its own final FID: the target is defined there, so the
+                # crossing is that evaluation, not somewhere in the interval before it.
+                stat.kimg_bracket = (stat.kimg_curve, stat.kimg_curve)
+                if stat.compute_curve is not None:
+                    stat.compute_bracket = (stat.compute_curve, stat.compute_curve)
     return stat
+
+
+def _range(r: tuple[float, float] | None) -> list[float | None] | None:
+    """A ratio range for JSON: an unbounded end as null."""
+    return None if r is None else [r[0], None if math.isinf(r[1]) else r[1]]
 
 
 def _ratio(base: float | None, this: float | None) -> float | None:
@@ -180,6 +211,9 @@ def _speed(block: Block, baseline: str) -> None:
         assert row.target is not None
         row.target.ratio_kimg = _ratio(ref.kimg_curve, row.target.kimg_curve)
         row.target.ratio_compute = _ratio(ref.compute_curve, row.target.compute_curve)
+        row.target.ratio_kimg_range = ratio_range(ref.kimg_bracket, row.target.kimg_bracket)
+        row.target.ratio_compute_range = ratio_range(ref.compute_bracket,
+                                                     row.target.compute_bracket)
     # Does the baseline reach its own target before its last evaluation interval?
     in_last_interval = []
     for record in base.trials:
@@ -331,7 +365,9 @@ def report_json(report: Report) -> dict[str, Any]:
                     "compute": t.compute, "compute_mean": t.compute_mean,
                     "compute_std": t.compute_std, "kimg_curve": t.kimg_curve,
                     "compute_curve": t.compute_curve, "ratio_kimg": t.ratio_kimg,
-                    "ratio_compute": t.ratio_compute},
+                    "ratio_compute": t.ratio_compute, "kimg_bracket": t.kimg_bracket,
+                    "ratio_kimg_range": _range(t.ratio_kimg_range),
+                    "ratio_compute_range": _range(t.ratio_compute_range)},
                 "learned_p_t": row.learned,
             })
     return {

@@ -71,6 +71,56 @@ def kimg_to_target(
     return kimg, (comp if math.isfinite(comp) else None)
 
 
+def crossing_bracket(kimgs: Sequence[float], fids: Sequence[float], target: float,
+                     compute: Sequence[float] | None = None
+                     ) -> tuple[float, float, float | None, float | None] | None:
+    """The kimg (and compute) interval the target crossing lies in: from the evaluation before
+    the first one at or below the target to that one; from 0 when it is the first evaluation
+    (the crossing is then only bounded above). None: never reached."""
+    k = np.asarray(kimgs, dtype=np.float64)
+    f = np.asarray(fids, dtype=np.float64)
+    c = np.full(k.shape, np.nan) if compute is None else np.asarray(compute, dtype=np.float64)
+    hits = np.flatnonzero(f <= target)
+    if hits.size == 0:
+        return None
+    i = int(hits[0])
+
+    def num(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    if i == 0 or not math.isfinite(f[i - 1]):
+        return 0.0, float(k[i]), 0.0, num(c[i])
+    return float(k[i - 1]), float(k[i]), num(c[i - 1]), num(c[i])
+
+
+def ratio_range(base: tuple[float, float] | None, this: tuple[float, float] | None
+                ) -> tuple[float, float] | None:
+    """The range of base / this over the two crossing intervals (hi = inf when ``this`` may be
+    at 0: the ratio is then only bounded below)."""
+    if base is None or this is None or this[1] <= 0:
+        return None
+    hi = base[1] / this[0] if this[0] > 0 else math.inf
+    return base[0] / this[1], hi
+
+
+BOUND_TOLERANCE = 0.10  # a ratio known within +-10% prints alone; wider, with its range
+
+
+def ratio_text(ratio: float | None, lo: float | None, hi: float | None, unit: str = "") -> str:
+    """A speed-up as measured: ``3.96``, ``3.10 (2.60-3.90)`` when the evaluations bracket it
+    more loosely than +-10%, or ``>= 3.96`` when it is only a lower bound (the curve was already
+    at the target at its first evaluation)."""
+    if ratio is None:
+        return "-"
+    if lo is None or hi is None:
+        return f"{ratio:.2f}{unit}"
+    if math.isinf(hi):
+        return f">= {lo:.2f}{unit}"
+    if (hi - lo) / 2 <= BOUND_TOLERANCE * ratio:
+        return f"{ratio:.2f}{unit}"
+    return f"{ratio:.2f}{unit} ({lo:.2f}-{hi:.2f})"
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if x.size == 0:

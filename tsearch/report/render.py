@@ -21,7 +21,7 @@ import numpy as np
 
 from tsearch.errors import TsearchError
 from tsearch.report.analysis import MISSING, Block, Report, _f, report_json
-from tsearch.report.curves import INTERPOLATION
+from tsearch.report.curves import INTERPOLATION, ratio_text
 from tsearch.report.figures import Figure, block_figures
 
 # --- tables ----------------------------------------------------------------------------------
@@ -81,13 +81,20 @@ def speed_table(block: Block, label_header: str = "method") -> Table | None:
         t = row.target
         assert t is not None
         rows.append([(row.label, row is block.baseline), (_f(t.kimg_curve), False),
-                     (_f(t.ratio_kimg), False), (_si(t.compute_curve), False),
-                     (_f(t.ratio_compute), False), (f"{t.n_reached} / {t.n}", False),
+                     (_ratio(t.ratio_kimg, t.ratio_kimg_range), False),
+                     (_si(t.compute_curve), False),
+                     (_ratio(t.ratio_compute, t.ratio_compute_range), False),
+                     (f"{t.n_reached} / {t.n}", False),
                      (_pm(t.kimg_mean, t.kimg_std), False)])
     header = [label_header, f"kimg to FID {_f(block.target_fid)}", "speed-up (kimg)",
               "forward passes to it", "speed-up (compute)", "seeds reaching it",
               "their kimg (mean ± std)"]
     return Table(header=header, rows=rows, align=["l", "r", "r", "r", "r", "r", "r"])
+
+
+def _ratio(ratio: float | None, span: tuple[float, float] | None) -> str:
+    """A speed-up cell: ">= x" when only a bound, with its range when looser than +-10%."""
+    return MISSING if ratio is None else ratio_text(ratio, *(span or (None, None)))
 
 
 def _md_escape(text: str) -> str:

@@ -73,6 +73,10 @@ class ConfirmRow:
     compute_to_target: float | None = None  # forward passes, probes charged
     speedup_kimg: float | None = None  # baseline's kimg_to_target / this one (> 1: faster)
     speedup_compute: float | None = None
+    # The speed-ups' ranges over the evaluations that bracket the crossings; hi None: only a
+    # lower bound (the curve was at the target at its first evaluation). docs/search.md, 2.
+    speedup_kimg_range: list[float | None] | None = None
+    speedup_compute_range: list[float | None] | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)  # seed-mean (kimg, FID)
     # Against the confirmed leader over the seeds both ran (this minus it; None for the leader).
     paired_diff: float | None = None
@@ -82,6 +86,25 @@ class ConfirmRow:
     @property
     def n(self) -> int:
         return sum(f is not None for f in self.finals)
+
+    def speedup_text(self, unit: str = "") -> str:
+        """The kimg speed-up as measured: ">= 3.96" when only a bound (see ratio_text)."""
+        from tsearch.report.curves import ratio_text
+
+        lo, hi = self.speedup_kimg_range or (None, None)
+        return ratio_text(self.speedup_kimg, lo, math.inf if self.speedup_kimg_range and
+                          hi is None else hi, unit)
+
+    def compute_speedup_text(self, unit: str = "") -> str:
+        from tsearch.report.curves import ratio_text
+
+        lo, hi = self.speedup_compute_range or (None, None)
+        return ratio_text(self.speedup_compute, lo, math.inf if self.speedup_compute_range and
+                          hi is None else hi, unit)
+
+    @property
+    def speedup_is_bound(self) -> bool:
+        return bool(self.speedup_kimg_range) and self.speedup_kimg_range[1] is None
 
     @property
     def winners_curse(self) -> float | None:
@@ -456,6 +479,8 @@ def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Seque
                     row.compute_to_target = r.target.compute_curve
                     row.speedup_kimg = r.target.ratio_kimg
                     row.speedup_compute = r.target.ratio_compute
+                    row.speedup_kimg_range = _span(r.target.ratio_kimg_range)
+                    row.speedup_compute_range = _span(r.target.ratio_compute_range)
     # Best first; a candidate with failed seeds after those with all of theirs; raced, the ones
     # that survived more rounds first.
     result.rows.sort(key=lambda r: (r.mean is None, r.n < len(r.seeds), -len(r.seeds),
@@ -465,6 +490,10 @@ def rank(cands: Sequence[Candidate], trials: Sequence[TrialRecord], seeds: Seque
         [r.search_fid for r in result.rows if r.search_fid is not None and r.mean is not None],
         [r.mean for r in result.rows if r.search_fid is not None and r.mean is not None])
     return result
+
+
+def _span(r: tuple[float, float] | None) -> list[float | None] | None:
+    return None if r is None else [r[0], None if math.isinf(r[1]) else r[1]]
 
 
 def _verdict(conf: Confirmation, alpha: float, racing: Any) -> None:

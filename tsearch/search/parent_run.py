@@ -136,10 +136,14 @@ class ParentRun:
                    names.CONFIRM_WINNERS_CURSE: winner.winners_curse,
                    names.CONFIRM_KENDALL_TAU: conf.kendall_tau,
                    names.CONFIRM_P_VALUE: conf.p_value, names.CONFIRM_RUNS: conf.runs,
-                   names.CONFIRM_TRIAL_KIMG: conf.trial_kimg}
+                   names.CONFIRM_TRIAL_KIMG: conf.trial_kimg,
+                   names.CONFIRM_SPEEDUP_IS_BOUND: (None if winner.speedup_kimg is None else
+                                                    float(winner.speedup_is_bound))}
         self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if v is not None},
                                  step=0)
         self.tracker.set_tags({names.TAG_CONFIRMED: winner.label,
+                               **({names.TAG_CONFIRM_SPEEDUP: winner.speedup_text("x")}
+                                  if winner.speedup_kimg is not None else {}),
                                **({names.TAG_CONFIRM_VERDICT: conf.verdict}
                                   if conf.verdict else {})})
         self.tracker.flush()
@@ -173,13 +177,15 @@ def best_config_yaml(raw: Mapping[str, Any], conf: Confirmation, search: str,
     w = conf.winner
     assert w is not None
     spread = f" ± {w.std:.2f}" if w.std is not None else ""
-    speed = (f", {w.speedup_kimg:.2f}x the baseline's speed to its final FID"
+    speed = (f", {w.speedup_text('x')} the baseline's speed to its final FID"
              if w.speedup_kimg is not None else "")
-    head = (f"# Confirmed winner of search {search!r}: {w.label}\n"
+    what = "leader (a tie, not a clear winner)" if conf.decided is False else "winner"
+    head = (f"# Confirmed {what} of search {search!r}: {w.label}\n"
             f"# FID {w.mean:.2f}{spread} over training seeds {', '.join(map(str, w.seeds))} "
             f"(fresh: no search trial used them){speed}; search FID "
             + (f"{w.search_fid:.2f}" if w.search_fid is not None else "n/a")
             + f" (MLflow parent run {parent_run_id}).\n"
-            "# Train it alone: tsearch train THIS_FILE\n"
+            + (f"# {conf.verdict}\n" if conf.verdict else "")
+            + "# Train it alone: tsearch train THIS_FILE\n"
             "# In your own loop: tsearch.timesteps.from_config(THIS_FILE)\n")
     return head + yaml.safe_dump(dict(raw), sort_keys=False)

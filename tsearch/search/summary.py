@@ -69,8 +69,7 @@ def confirm_rows(conf: Confirmation) -> list[list[str]]:
             "-" if row.search_fid is None else f"{row.search_fid:.2f}", mean,
             " ".join("-" if f is None else f"{f:.1f}" for f in row.finals), _versus(row),
             "-" if row.kimg_to_target is None else f"{row.kimg_to_target:.2f}",
-            " / ".join("-" if x is None else f"{x:.2f}"
-                       for x in (row.speedup_kimg, row.speedup_compute))])
+            f"{row.speedup_text()} / {row.compute_speedup_text()}"])
     return rows
 
 
@@ -84,7 +83,7 @@ def winner_line(conf: Confirmation) -> str | None:
     what = "confirmed leader (a tie)" if conf.decided is False else "confirmed winner"
     return (f"{what}: {w.label}, FID {w.mean:.2f}"
             + (f" ± {w.std:.2f}" if w.std is not None else "")
-            + (f", {w.speedup_kimg:.2f}x the baseline's speed"
+            + (f", {w.speedup_text('x')} the baseline's speed"
                if w.speedup_kimg is not None else "")
             + (f"; its search FID was {w.search_fid:.2f} (winner's curse "
                f"{curse:+.2f}: search minus confirmed)" if curse is not None else "")

@@ -77,9 +77,12 @@ def _header(parent: SearchRun, confirmed: bool, sections: Sequence[str] | None) 
         seeds = _confirm_seeds(parent)
         spread = f" ± {_fid(std)}" if std is not None and math.isfinite(std) else ""
         over = f"mean ± std over {seeds} fresh seeds" if seeds else "mean over fresh seeds"
-        lines = [f"# Confirmed winner of search {search!r}: {label}, FID {_fid(mean)}{spread}",
+        verdict = _one_line(parent.tags.get(names.TAG_CONFIRM_VERDICT, ""))
+        what = "leader (a tie)" if verdict.startswith("tie:") else "winner"
+        lines = [f"# Confirmed {what} of search {search!r}: {label}, FID {_fid(mean)}{spread}",
                  f"# ({over}: retrained from scratch at the full budget on seeds no search",
                  f"# trial used). MLflow parent run {parent.run_id}."]
+        lines += [f"# {verdict}"] if verdict else []
     else:
         lines = [f"# Unconfirmed best trial of search {search!r}: FID {_fid(parent.best_fid)} on "
                  "the one seed it was searched with.",
