@@ -366,7 +366,9 @@ RACED = ["--set", "search.algorithm=grid", "--set", "search.asha.enabled=false",
          "--set", "search.confirm.racing.enabled=true",
          # df=1 after two seeds: the leader must beat the runner-up by more than the differences'
          # sd (t > 1.38), which an untrained baseline ~100 FID worse does.
-         "--set", "search.confirm.racing.alpha=0.2", "--set", "search.name=raced"]
+         "--set", "search.confirm.racing.alpha=0.2", "--set", "search.name=raced",
+         # Confirmation runs evaluate here (and at the end), search trials at every 0.2 kimg.
+         "--set", "search.confirm.eval_at_kimg=[0.3]"]
 
 
 @pytest.mark.slow
@@ -396,6 +398,8 @@ def test_racing_runs_rounds_on_paired_seeds_and_stops_when_one_dominates(tmp_pat
     assert len(rounds) == len(leader["seeds"])  # one Tune experiment per round
     assert conf["runs"] == 2 * len(rounds)
     assert base["paired_n"] == len(leader["seeds"]) and base["paired_diff"] > 0
+    # 0.3 kimg is reached at step 10 of batch 32 (0.32), the end at step 13 (0.416).
+    assert [k for k, _ in leader["curve"]] == pytest.approx([0.32, 0.416])
     assert f"racing round {len(rounds)}: {leader['label']} beats {base['label']}" in out
     runs = _runs(tmp_path / "mlflow.db")
     confirm = [r for r in runs if r["tags"].get(names.TAG_PHASE) == names.PHASE_CONFIRM]

@@ -246,6 +246,10 @@ class ConfirmConfig(Section):
     set: dict[str, Any] = Field(default_factory=dict)
     max_concurrent: int | None = Field(None, ge=1, le=MAX_WORKERS)  # None: search.max_concurrent
     racing: RacingConfig = RacingConfig()  # its budget: seeds above, in order
+    # The confirmation runs' evaluation points (kimg; the end is always one): dense where the
+    # candidates cross the baseline's final FID turns a speed-up bound into a measurement
+    # (docs/search.md, 2). Empty: eval.at_kimg, else every eval.every_kimg.
+    eval_at_kimg: tuple[Kimg, ...] = Field((), max_length=10_000)
 
     @field_validator("seeds")
     @classmethod

@@ -309,7 +309,8 @@ def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun,
     for cand in cands:
         fid = f"search FID {cand.search_fid:.2f}" if cand.search_fid is not None else "not a trial"
         log.info(f"  {cand.label}  ({fid}{', baseline' if cand.baseline else ''})")
-    cbase = {**base, "eval": {**base["eval"], "at_kimg": list(cfg.eval.at_kimg)}}
+    cbase = {**base, "eval": {**base["eval"],
+                              "at_kimg": list(c.eval_at_kimg or cfg.eval.at_kimg)}}
     trainable = phase.trainable(ctx, cbase, meta.for_phase(names.PHASE_CONFIRM))
     ends = (kimg, [], parent.run_id)
     if c.racing.enabled:
