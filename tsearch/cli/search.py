@@ -164,6 +164,9 @@ def _print_search_result(result) -> None:
     # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 then).
     console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 120))
     console.print(table)
+    line = summary.recommendation_line(result)
+    if line:
+        typer.echo(line)
     if result.confirmation is not None:
         console.print(_confirm_table(result.confirmation))
         for note in result.confirmation.notes:

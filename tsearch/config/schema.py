@@ -297,6 +297,10 @@ class SearchConfig(Section):
     # registry defaults with the weighting its paper pairs it with: a search can then only
     # match or beat the best default.
     seed_with_defaults: bool = False
+    # Which trials the confirmation stage retrains: "model" ranks every configuration by a
+    # Gaussian process's predicted final FID over all evaluations (search/recommend.py; the best
+    # observed stays the answer below 4 configurations), "best" by its best observed FID.
+    recommend: Literal["model", "best"] = "model"
     confirm: ConfirmConfig = ConfirmConfig()
 
     _name_is_safe = field_validator("name")(safe_name)

@@ -229,8 +229,10 @@ def describe(values: Mapping[str, Any], bundle: str | None = None,
 
 
 def candidates(trials: Sequence[TrialRecord], labels: Sequence[str], top_k: int,
-               baseline: Mapping[str, Any], sampler: str = "uniform") -> list[Candidate]:
-    """The top-k distinct configurations by search FID other than the baseline, then it.
+               baseline: Mapping[str, Any], sampler: str = "uniform",
+               order: Sequence[TrialRecord] | None = None) -> list[Candidate]:
+    """The top-k distinct configurations other than the baseline, then it: by search FID, or in
+    ``order`` (the model's ranking, search/recommend.py) when given.
 
     ``trials`` are the search phase's records (from Tune's result grid). A trial that ran the
     baseline point (its values include the point's) stands for it, so the baseline keeps the
@@ -238,6 +240,8 @@ def candidates(trials: Sequence[TrialRecord], labels: Sequence[str], top_k: int,
     the next configuration takes its place, so k configurations are always checked against it.
     """
     ranked = sorted((t for t in trials if math.isfinite(t.best_fid)), key=lambda t: t.best_fid)
+    if order:
+        ranked = [t for t in order if math.isfinite(t.best_fid)]
 
     def make(trial: TrialRecord) -> Candidate:
         values = {k: v for k, v in trial.values.items() if k not in labels and k != SEED_KEY}
@@ -292,8 +296,13 @@ def run_phase(ctx: phase.SearchContext, result: SearchResult, parent: ParentRun,
         cands = [Candidate(**x) for x in saved]
     else:
         point = baseline_point(cfg, checked.space, base, checked.points)
+        by_model = cfg.search.recommend == "model" and result.predictions
         cands = candidates(result.trials, checked.space.labels, c.top_k, point,
-                           sampler=cfg.timesteps.sampler.name)
+                           sampler=cfg.timesteps.sampler.name,
+                           order=[p.trial for p in result.predictions] if by_model else None)
+        if by_model:
+            log.info("confirmation candidates: the model's best predicted means "
+                     "(search.recommend: model)")
         state["confirm"] = {"candidates": [asdict(x) for x in cands]}
         tune_state.write_state(ctx.exp_path / names.SEARCH_STATE, state)
     used = {int(t.values.get(SEED_KEY, cfg.train.seed)) for t in result.trials}

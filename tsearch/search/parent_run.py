@@ -73,6 +73,11 @@ class ParentRun:
                                       names.SEARCH_TRIALS: float(len(result.trials))}, step=0)
             self.tracker.set_tags({names.TAG_BEST_TRIAL_RUN: best.run_id or "",
                                    names.TAG_BEST_FID: f"{best.best_fid:.4f}"})
+            if result.predictions:
+                top = result.predictions[0]
+                self.tracker.log_metrics({names.SEARCH_PREDICTED_FID: top.fid}, step=0)
+                self.tracker.set_tags({names.TAG_RECOMMENDED:
+                                       summary.trial_label(top.trial, result.labels)})
             self._best_profiles(result.trials)
         self.tracker.flush()
         return best_cfg

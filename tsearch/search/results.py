@@ -32,6 +32,8 @@ class SearchResult:
     labels: list[str] = field(default_factory=list)  # bundle keys: not config fields
     confirmation: Confirmation | None = None  # the confirmed ranking (search.confirm)
     confirm_trials: list[TrialRecord] = field(default_factory=list)
+    # Every configuration by the model's predicted final FID (search/recommend.py); empty: none.
+    predictions: list[Any] = field(default_factory=list)
     timing: Stopwatch = field(default_factory=Stopwatch)  # the driver's stages (--verbose)
 
     @property

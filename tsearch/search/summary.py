@@ -22,14 +22,30 @@ def best_title(result: Any, seconds: bool = True) -> str:
     return f"search {result.name}: best trials ({len(result.trials)} run{took})"
 
 
+def trial_label(t: Any, labels: Sequence[str]) -> str:
+    """A search trial's configuration in words (bundle labels first)."""
+    bundle = " ".join(str(t.values[k]) for k in labels if k in t.values) or None
+    return describe({k: v for k, v in t.values.items() if k not in labels}, bundle)
+
+
+def recommendation_line(result: Any) -> str | None:
+    """The model's pick beside the best observed trial; None without a model."""
+    preds, best = getattr(result, "predictions", None), result.best
+    if not preds or best is None:
+        return None
+    top = preds[0]
+    return (f"model's recommendation: {trial_label(top.trial, result.labels)}, predicted final "
+            f"FID {top.fid:.2f} ({top.low:.2f}-{top.high:.2f}), observed {top.observed:.2f}; "
+            f"best observed: {trial_label(best, result.labels)}, FID {best.best_fid:.2f}")
+
+
 def best_rows(result: Any, limit: int = SHOWN) -> list[list[str]]:
     """The ``limit`` best trials of a :class:`~tsearch.search.results.SearchResult`, one row each
     under :data:`BEST_COLUMNS`."""
     rows = []
     for t in sorted(result.trials, key=lambda t: t.best_fid)[:limit]:
-        bundle = " ".join(str(t.values[k]) for k in result.labels if k in t.values) or None
-        conf = describe({k: v for k, v in t.values.items() if k not in result.labels}, bundle)
-        rows.append([t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}", conf])
+        rows.append([t.trial_id, t.status, f"{t.best_fid:.2f}", f"{t.kimg:g}",
+                     trial_label(t, result.labels)])
     return rows
 
 
@@ -94,6 +110,9 @@ def markdown(result: Any) -> str:
     """The parent run's description: the best trials and, once confirmed, the ranking."""
     parts = [f"### {best_title(result, seconds=False)}",
              _table(BEST_COLUMNS, best_rows(result))]
+    line = recommendation_line(result)
+    if line:
+        parts.append(_cell(line))
     conf = result.confirmation
     if conf is None:
         parts.append(f"Unconfirmed: each FID is one seed, and the best is the minimum of "

@@ -166,6 +166,7 @@ def _run(ctx: SearchContext, watch: Stopwatch) -> SearchResult:
             result = SearchResult(name=name, parent_run_id=parent.run_id,
                                   experiment_path=exp_path, trials=trials, best_config=None,
                                   tracking_uri=ctx.uri, seconds=0.0, labels=space.labels)
+            result.predictions = _recommend(ctx, result)
             result.best_config = parent.record_search(result, base)
             parent.note(result)
         if cfg.search.confirm.enabled and result.best is not None:
@@ -190,6 +191,28 @@ def _run(ctx: SearchContext, watch: Stopwatch) -> SearchResult:
     with watch.stage("MLflow parent run"):
         tracker.finish("FINISHED")
     return result
+
+
+def _recommend(ctx: SearchContext, result: SearchResult) -> list[Any]:
+    """The model's ranking of the configurations, logged beside the best observed trial."""
+    from tsearch.search import recommend
+    from tsearch.search.summary import trial_label
+
+    try:
+        preds = recommend.predict(result.trials, ctx.checked.space, ctx.cfg.train.total_kimg)
+    except Exception as exc:  # a model that cannot be fitted leaves the best observed
+        log.warning(f"no model recommendation ({type(exc).__name__}: {exc}); the best observed "
+                    "trial stands")
+        return []
+    best = result.best
+    if preds and best is not None:
+        top = preds[0]
+        log.info(f"recommendation by the model's mean (a Gaussian process over "
+                 f"{sum(len(t.fid) for t in result.trials)} FIDs of {len(result.trials)} trials): "
+                 f"{trial_label(top.trial, result.labels)}, predicted final FID {top.fid:.2f} "
+                 f"({top.low:.2f}-{top.high:.2f}; observed {top.observed:.2f}); best observed: "
+                 f"{trial_label(best, result.labels)}, FID {best.best_fid:.2f}")
+    return preds
 
 
 def _free_name(ctx: SearchContext) -> None:
