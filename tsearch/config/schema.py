@@ -301,6 +301,9 @@ class SearchConfig(Section):
     # Gaussian process's predicted final FID over all evaluations (search/recommend.py; the best
     # observed stays the answer below 4 configurations), "best" by its best observed FID.
     recommend: Literal["model", "best"] = "model"
+    # Training seeds every configuration reaching the full budget is repeated on (the same for
+    # all: paired); the searcher is told the mean over its seeds (search/repeats.py). Empty: off.
+    repeat_top: tuple[Seed, ...] = Field((), max_length=100)
     confirm: ConfirmConfig = ConfirmConfig()
 
     _name_is_safe = field_validator("name")(safe_name)

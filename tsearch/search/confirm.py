@@ -169,7 +169,7 @@ def search_seeds(cfg: Config, space: SearchSpace,
     else:
         seeds = set()
     seeds |= {int(p[SEED_KEY]) for p in points if SEED_KEY in p}
-    return seeds
+    return seeds | {int(s) for s in cfg.search.repeat_top}
 
 
 def check_confirm(cfg: Config, space: SearchSpace, base: Mapping[str, Any],

@@ -15,9 +15,10 @@ import numpy as np
 from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError
+from tsearch.labels import SEED_KEY
 from tsearch.metrics.registry import check_evaluations
 from tsearch.search import confirm as confirming
-from tsearch.search.algorithms import SearchAlgorithm, WarmTrial, get_algorithm
+from tsearch.search.algorithms import OptunaAlgorithm, SearchAlgorithm, WarmTrial, get_algorithm
 from tsearch.search.defaults import default_points
 from tsearch.search.space import (
     SearchSpace,
@@ -128,6 +129,16 @@ def plan(cfg: Config, config_path: Path | None) -> SearchPlan:
                               f"{s.algorithm!r} does not take points; set it false")
         points += default_points(space, base, points)
     check_points(base, points, space.labels)
+    if s.repeat_top:
+        if not isinstance(algorithm, OptunaAlgorithm):
+            raise ConfigError(f"config error: search.repeat_top: search.algorithm "
+                              f"{s.algorithm!r} runs fixed trials; use tpe, gp or random")
+        if SEED_KEY in space.specs:
+            raise ConfigError("config error: search.repeat_top and a searched train.seed: "
+                              "choose one way to vary seeds")
+        if cfg.train.seed in s.repeat_top or len(set(s.repeat_top)) != len(s.repeat_top):
+            raise ConfigError(f"config error: search.repeat_top = {list(s.repeat_top)}: give "
+                              f"distinct seeds other than train.seed ({cfg.train.seed})")
     confirming.check_confirm(cfg, space, base, points)
     cells = algorithm.cells(space)
     for i, cell in enumerate(cells or []):

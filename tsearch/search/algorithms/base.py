@@ -104,6 +104,11 @@ class OptunaAlgorithm(SearchAlgorithm):
             sampler=sampler, study_name=study_name,
             storage=warm_storage(space, warm, study_name, s.mode, sampler) if warm else None,
         )
+        if s.repeat_top:
+            from tsearch.search.repeats import RepeatTop
+
+            searcher = RepeatTop(searcher, s.repeat_top, cfg.train.total_kimg,
+                                 time_attr=names.TIME_ATTR)
         return Proposal(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                         param_space=None, num_samples=s.num_samples,
                         scheduler=self.scheduler(cfg))
