@@ -138,3 +138,17 @@ def test_a_real_search_repeats_its_top_configurations_and_tells_the_mean(tmp_pat
                    if k.startswith("trial.") and k != "trial.train.seed"}
             assert got == values
     assert saved["told"], json.dumps(saved)[:2000]
+
+
+@pytest.mark.parametrize("sets,expected", [
+    (["search.repeat_top=[0, 1]"], "give distinct seeds other than train.seed (0)"),
+    (["search.repeat_top=[1]", "search.algorithm=grid", "search.asha.enabled=false",
+      "search.points_to_evaluate=[]"], "search.repeat_top: search.algorithm 'grid'"),
+    (["search.repeat_top=[1]", "search.confirm.enabled=true", "search.confirm.seeds=[1, 2]"],
+     "search.confirm.seeds [1] are also training seeds"),
+])
+def test_repeat_seeds_that_cannot_work_are_one_line(capfd, sets, expected):
+    from tests.cli_harness import assert_one_line, run_cli
+
+    args = [a for s in sets for a in ("--set", s)]
+    assert_one_line(run_cli(capfd, "search", str(SMOKE), *args, "--dry-run"), expected)
