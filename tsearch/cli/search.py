@@ -162,7 +162,7 @@ def _print_search_result(result) -> None:
     for row in summary.best_rows(result):
         table.add_row(*row)
     # Wide enough for the tables when the output is a pipe or a log (rich assumes 80 then).
-    console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 120))
+    console = Console(width=max(shutil.get_terminal_size((140, 24)).columns, 140))
     console.print(table)
     line = summary.recommendation_line(result)
     if line:
@@ -190,9 +190,10 @@ def _confirm_table(conf):
 
     table = Table(title=summary.confirm_title(conf))
     table.add_column("#", no_wrap=True, min_width=1)
-    table.add_column("configuration", min_width=30)
-    for col in summary.confirm_columns(conf)[2:]:
-        table.add_column(col, no_wrap=True)
+    table.add_column("configuration", min_width=24)
+    cols = summary.confirm_columns(conf)[2:]
+    for i, col in enumerate(cols):  # the speed columns may wrap in a narrow terminal
+        table.add_column(col, no_wrap=i < len(cols) - 2)
     for row in summary.confirm_rows(conf):
         table.add_row(*row)
     return table

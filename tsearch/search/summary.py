@@ -61,7 +61,7 @@ def confirm_title(conf: Confirmation) -> str:
 def confirm_columns(conf: Confirmation) -> list[str]:
     target = f" ({conf.target_fid:.2f})" if conf.target_fid is not None else ""
     return ["#", "configuration", "search FID", "confirmed FID", "per seed", "vs leader",
-            f"kimg to FID{target}", "speed-up kimg / compute"]
+            f"kimg to FID{target}", "speed-up (kimg / compute)"]
 
 
 def _versus(row: Any) -> str:
