@@ -91,15 +91,17 @@ def tpe_configs(searches: Path, n: int, exclude: set[str]) -> list[dict[str, Any
     return list(out.values())
 
 
-def _train_one(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, dict[str, Any]]:
-    """One training run (its own process, one thread): FID at every ``EVAL_KIMG`` point."""
-    config, values, seed, scratch = args
+def _train_one(args: tuple[dict[str, Any], dict[str, Any], int, str]
+               ) -> tuple[int, dict[str, Any]]:
+    """One training run (its own process, one thread): FID at every ``EVAL_KIMG`` point.
+
+    ``base`` is the config as a dict, read once by the parent: an edit of the YAML file while
+    the table is being built cannot change (or break) the runs still to come."""
+    base, values, seed, scratch = args
     from tsearch.log import quiet
     from tsearch.timesteps import validate_config
     from tsearch.train import train
 
-    base = load_config(config).to_dict()
-    base["search"] = {}
     raw = merge_flat(base, {**values, "train.seed": seed, "train.threads": 1,
                             "train.progress": False, "tracking.backend": "none",
                             "eval.at_kimg": list(EVAL_KIMG),
@@ -107,7 +109,7 @@ def _train_one(args: tuple[str, dict[str, Any], int, str]) -> tuple[int, dict[st
                             "train.out_dir": f"{scratch}/runs"})
     start = time.monotonic()
     try:
-        with quiet():
+        with quiet():  # a config error is a failed run too: recorded, not fatal to the table
             result = train(validate_config(raw))
     except Exception as exc:  # a diverged or failed run is a result (no FID), not a crash
         return seed, {"error": str(exc).splitlines()[0][:300],
@@ -137,6 +139,8 @@ def build(config: str, configs: dict[str, tuple[str, dict[str, Any]]], seeds: Se
     jobs = [(key, seed) for seed in seeds for key in configs
             if str(seed) not in rows[key]["runs"]]
     total = len(jobs)
+    base = load_config(config).to_dict()
+    base["search"] = {}
     print(f"{len(configs)} configurations x {len(seeds)} seeds: {total} runs to train "
           f"({workers} at once)", flush=True)
     done = 0
@@ -147,7 +151,7 @@ def build(config: str, configs: dict[str, tuple[str, dict[str, Any]]], seeds: Se
         while queue or pending:
             while queue and len(pending) < workers and time.monotonic() < deadline:
                 key, seed = queue.pop(0)
-                args = (config, rows[key]["values"], seed, str(scratch))
+                args = (base, rows[key]["values"], seed, str(scratch))
                 pending[pool.submit(_train_one, args)] = (key, seed)
             if not pending:
                 break
