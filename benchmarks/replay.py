@@ -63,6 +63,21 @@ class CurveTable:
         return by_seed[seed] if seed in by_seed else by_seed[min(by_seed)]
 
 
+class Synthetic:
+    """A surrogate over any space: the curve depends on a hash of the values and the seed.
+    For measuring the replay's own cost, where what the curves are does not matter."""
+
+    def __init__(self, points: Sequence[float]):
+        self.points = list(points)
+
+    def curve(self, values: dict[str, Any], seed: int) -> Curve:
+        import hashlib
+
+        h = int(hashlib.sha256((values_key(values) + str(seed)).encode()).hexdigest()[:8], 16)
+        final = 20.0 + 80.0 * h / 0xFFFFFFFF
+        return [(k, final * self.points[-1] / k) for k in self.points]
+
+
 def replay_trainable(config: dict[str, Any], surrogate: Surrogate, metric: str,
                      base_seed: int) -> None:
     """A Tune function trainable: the surrogate's curve, one report per evaluation."""
