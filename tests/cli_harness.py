@@ -93,3 +93,26 @@ def logged() -> Iterator[list[str]]:
         yield lines
     finally:
         root.removeHandler(handler)
+
+
+def run_search_in_store(work: Path, config: Path, *sets: str, timeout: float = 900,
+                        extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``tsearch search CONFIG --set ...`` as a user runs it, with its Ray store, MLflow store
+    and FID cache under ``work``; Ray's temporary files in a short /tmp directory (its socket
+    paths have a length limit), killed and removed afterwards whatever happened."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="tss", dir="/tmp"))
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    args = [str(config), *(a for s in sets for a in ("--set", s)),
+            "--set", f"search.storage_path={work}/ray",
+            "--set", f"tracking.uri=sqlite:///{work}/mlflow.db",
+            "--set", f"eval.cache_dir={work}/cache", *extra]
+    try:
+        return subprocess.run([sys.executable, "-m", "tsearch.cli.main", "search", *args],
+                              cwd=work, env=env, text=True, capture_output=True,
+                              timeout=timeout)
+    finally:
+        subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -358,32 +358,24 @@ def test_confirm_seeds_used_by_the_search_are_one_line(capfd):
 
 # A baseline that cannot learn (lr 1e-7 leaves the network at its initialisation over 0.4 kimg)
 # against one that does: the race is decided by construction, on any machine.
-RACED = ["--set", "search.algorithm=grid", "--set", "search.asha.enabled=false",
-         "--set", "search.space={optim.lr: {choice: [0.002, 1.0e-7]}}",
-         "--set", "search.points_to_evaluate=[]", "--set", "search.confirm.enabled=true",
-         "--set", "search.confirm.top_k=1", "--set", "search.confirm.seeds=[101, 102, 103, 104]",
-         "--set", "search.confirm.baseline={optim.lr: 1.0e-7}",
-         "--set", "search.confirm.racing.enabled=true",
+RACED = ["search.algorithm=grid", "search.asha.enabled=false",
+         "search.space={optim.lr: {choice: [0.002, 1.0e-7]}}",
+         "search.points_to_evaluate=[]", "search.confirm.enabled=true",
+         "search.confirm.top_k=1", "search.confirm.seeds=[101, 102, 103, 104]",
+         "search.confirm.baseline={optim.lr: 1.0e-7}", "search.confirm.racing.enabled=true",
          # df=1 after two seeds: the leader must beat the runner-up by more than the differences'
          # sd (t > 1.38), which an untrained baseline ~100 FID worse does.
-         "--set", "search.confirm.racing.alpha=0.2", "--set", "search.name=raced",
+         "search.confirm.racing.alpha=0.2", "search.name=raced",
          # Confirmation runs evaluate here (and at the end), search trials at every 0.2 kimg.
-         "--set", "search.confirm.eval_at_kimg=[0.3]"]
+         "search.confirm.eval_at_kimg=[0.3]"]
 
 
 @pytest.mark.slow
 def test_racing_runs_rounds_on_paired_seeds_and_stops_when_one_dominates(tmp_path):
-    tmp = Path(tempfile.mkdtemp(prefix="tsr", dir="/tmp"))  # Ray's socket paths are short
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-    try:
-        proc = subprocess.run(
-            _cli("search", str(SMOKE), *RACED, "--set", f"search.storage_path={tmp_path}/ray",
-                 "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                 "--set", f"eval.cache_dir={tmp_path}/cache"),
-            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
-    finally:
-        subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+    from tests.cli_harness import run_search_in_store
+
+    proc = run_search_in_store(tmp_path, SMOKE, *RACED)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     exp = tmp_path / "ray" / "raced"

@@ -7,8 +7,6 @@ observations pulls the lucky trial towards its neighbours and recommends the con
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from conftest import ROOT
 
@@ -67,33 +65,19 @@ def test_a_real_search_logs_the_models_pick_and_confirms_it(tmp_path):
     """Real Ray, MLflow and training: four learning rates (one that cannot learn), the model's
     ranking logged beside the best observed, and the confirmation candidate taken from it."""
     import json
-    import os
-    import shutil
     import sqlite3
-    import subprocess
-    import sys
-    import tempfile
 
     from conftest import SMOKE
 
+    from tests.cli_harness import run_search_in_store
     from tsearch import names
 
-    tmp = Path(tempfile.mkdtemp(prefix="tsm", dir="/tmp"))  # Ray's socket paths are short
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-    args = [str(SMOKE), "--set", "search.algorithm=grid", "--set", "search.asha.enabled=false",
-            "--set", "search.space={optim.lr: {choice: [0.002, 0.0025, 0.003, 1.0e-7]}}",
-            "--set", "search.points_to_evaluate=[]", "--set", "search.confirm.enabled=true",
-            "--set", "search.confirm.top_k=1", "--set", "search.confirm.seeds=[101]",
-            "--set", "search.confirm.baseline={optim.lr: 1.0e-7}",
-            "--set", "search.name=modelled", "--set", f"search.storage_path={tmp_path}/ray",
-            "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-            "--set", f"eval.cache_dir={tmp_path}/cache"]
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tsearch.cli.main", "search", *args],
-                              cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
-    finally:
-        subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+    proc = run_search_in_store(
+        tmp_path, SMOKE, "search.algorithm=grid", "search.asha.enabled=false",
+        "search.space={optim.lr: {choice: [0.002, 0.0025, 0.003, 1.0e-7]}}",
+        "search.points_to_evaluate=[]", "search.confirm.enabled=true", "search.confirm.top_k=1",
+        "search.confirm.seeds=[101]", "search.confirm.baseline={optim.lr: 1.0e-7}",
+        "search.name=modelled")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "recommendation by the model's mean (a Gaussian process over 8 FIDs of 4 trials)" in out

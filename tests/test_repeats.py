@@ -8,14 +8,8 @@ Tune with ASHA, real training, MLflow), whose saved searcher state is read back.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
 import sqlite3
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from conftest import SMOKE
@@ -91,21 +85,13 @@ def test_the_state_survives_save_and_restore(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_search_repeats_its_top_configurations_and_tells_the_mean(tmp_path):
-    tmp = Path(tempfile.mkdtemp(prefix="tsp", dir="/tmp"))  # Ray's socket paths are short
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-    # Four proposals: the slow learner is stopped by ASHA at 0.2 kimg, the others reach the top
+    from tests.cli_harness import run_search_in_store
+
+    # Seven trials: the slow learner is stopped by ASHA at 0.2 kimg, the others reach the top
     # (0.4 kimg) and are repeated on seed 1, as trials of their own.
-    args = [str(SMOKE), "--set", "search.algorithm=random", "--set", "search.num_samples=7",
-            "--set", "search.max_concurrent=2", "--set", "search.repeat_top=[1]",
-            "--set", "search.name=repeated", "--set", f"search.storage_path={tmp_path}/ray",
-            "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-            "--set", f"eval.cache_dir={tmp_path}/cache"]
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tsearch.cli.main", "search", *args],
-                              cwd=tmp_path, env=env, text=True, capture_output=True, timeout=900)
-    finally:
-        subprocess.run(["pkill", "-9", "-f", str(tmp)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+    proc = run_search_in_store(tmp_path, SMOKE, "search.algorithm=random",
+                               "search.num_samples=7", "search.max_concurrent=2",
+                               "search.repeat_top=[1]", "search.name=repeated")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
         runs = {}
