@@ -30,9 +30,10 @@ def trial_label(t: Any, labels: Sequence[str]) -> str:
 
 def recommendation_line(result: Any) -> str | None:
     """The model's pick beside the best observed trial; None without a model."""
-    preds, best = getattr(result, "predictions", None), result.best
-    if not preds or best is None:
+    preds = getattr(result, "predictions", None)
+    if not preds or result.best is None:
         return None
+    best = result.best
     top = preds[0]
     return (f"model's recommendation: {trial_label(top.trial, result.labels)}, predicted final "
             f"FID {top.fid:.2f} ({top.low:.2f}-{top.high:.2f}), observed {top.observed:.2f}; "
