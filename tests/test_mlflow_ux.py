@@ -89,7 +89,9 @@ def test_parent_description_is_the_summary_in_markdown():
                                        target_fid=None, notes=["one note"])
     text = markdown(result)
     assert "### confirmed ranking: final FID over fresh seeds 101, 102" in text
-    assert "| 1 | uniform lr=2e-3 | 60.50 | 63.00 ± 1.41 | 62.0 64.0 | - | - | - |" in text
+    # Columns: search FID, confirmed, per seed, vs leader (none for the leader), kimg to the
+    # target, speed-up kimg / compute (none without a baseline curve).
+    assert "| 1 | uniform lr=2e-3 | 60.50 | 63.00 ± 1.41 | 62.0 64.0 | - | - | - / - |" in text
     assert "| 2 | a\\|b (baseline) | - | failed | - - |" in text  # a | cannot split the row
     assert "- note: one note" in text and "**confirmed winner: uniform lr=2e-3, FID 63.00" in text
 

@@ -168,6 +168,17 @@ def test_report_page_in_chromium_shows_every_figure_and_the_stores_values(tmp_pa
             best = min(stats, key=lambda m: stats[m][j][0])
             assert cells[2 + j]["bold"] == (method == best), (method, j, row)
 
+    def ratio(t, key):
+        """A speed-up cell as report.json's ratio and range say it (docs/search.md, 2)."""
+        from tsearch.report.curves import ratio_text
+
+        span = t[f"{key}_range"]
+        if t[key] is None:
+            return f2(None)
+        lo, hi = (None, None) if span is None else (span[0], math.inf if span[1] is None
+                                                    else span[1])
+        return ratio_text(t[key], lo, hi)
+
     # The speed table: the target is the baseline's mean final FID in the store; the rest as
     # report.json (checked against the store by tests/test_report.py) has it.
     speed = next(t for t in tables if t["heading"] == "Training and compute to the baseline's "
@@ -181,8 +192,8 @@ def test_report_page_in_chromium_shows_every_figure_and_the_stores_values(tmp_pa
     for row in rows:
         t = cells[row[0]]
         assert math.isclose(t["target_fid"], target, rel_tol=1e-12)
-        assert row[1:] == [f2(t["kimg_curve"]), f2(t["ratio_kimg"]), si(t["compute_curve"]),
-                           f2(t["ratio_compute"]), f"{t['n_reached']} / {t['n']}",
+        assert row[1:] == [f2(t["kimg_curve"]), ratio(t, "ratio_kimg"), si(t["compute_curve"]),
+                           ratio(t, "ratio_compute"), f"{t['n_reached']} / {t['n']}",
                            pm(t["kimg_mean"], t["kimg_std"])]
     assert next(r for r in rows if r[0] == "uniform")[2] == "1.00"
 
