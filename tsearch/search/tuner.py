@@ -2,7 +2,7 @@
 
 The driver checks MLflow and Ray before any trial starts, creates the MLflow experiment and one
 parent run (this also avoids SQLite's schema race between concurrent trials), then runs the
-Tuner: the search phase, then the confirmation phase (``confirm.run_phase``). Each trial opens
+Tuner: the search phase, then the confirmation phase (``confirm_phase.run_phase``). Each trial opens
 its child run itself (``trainable.run_trial``). What a search will do is checked before, by
 ``plan.plan``.
 """
@@ -19,8 +19,7 @@ from tsearch import names
 from tsearch.config import Config
 from tsearch.errors import ConfigError, TsearchError
 from tsearch.log import get_logger
-from tsearch.search import confirm as confirming
-from tsearch.search import phase, tune_state
+from tsearch.search import confirm_phase, phase, tune_state
 from tsearch.search.parent_run import ParentRun
 from tsearch.search.phase import SearchContext, TrialMeta
 from tsearch.search.plan import SearchPlan, asha_milestones, base_config, plan
@@ -173,7 +172,8 @@ def _run(ctx: SearchContext, watch: Stopwatch) -> SearchResult:
             state["search_done"] = True
             tune_state.write_state(state_file, state)
             with watch.stage("confirmation phase"):
-                confirming.run_phase(ctx, result, parent, base=base, meta=meta, state=state)
+                confirm_phase.run_phase(ctx, result, parent, base=base, meta=meta,
+                                        state=state)
                 parent.note(result)
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted; continue with tsearch search --resume")
