@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ray.tune import Callback
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -119,6 +121,7 @@ def replay_search(cfg: Config, surrogate: Surrogate, *, seed: int, num_samples: 
     s = cfg.search
     trainable = tune.with_parameters(replay_trainable, surrogate=surrogate, metric=s.metric,
                                      base_seed=cfg.train.seed)
+    recorder = _Recorder(s.metric)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
         param_space=proposal.param_space,
@@ -127,21 +130,32 @@ def replay_search(cfg: Config, surrogate: Surrogate, *, seed: int, num_samples: 
                                     max_concurrent_trials=proposal.max_concurrent_trials,
                                     scheduler=proposal.scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name=f"replay-{seed}-{time.time_ns()}",
-                                  storage_path=str(storage), verbose=0,
+                                  storage_path=str(storage), verbose=0, callbacks=[recorder],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    grid = tuner.fit()
-    events: list[tuple[float, str, float, float]] = []
-    trials: dict[str, dict[str, Any]] = {}
-    for result in grid:
-        df = result.metrics_dataframe
-        trial_id = str(result.metrics.get("trial_id", result.path))
-        trials[trial_id] = flat_config(result.config)
-        if df is None or s.metric not in df:
-            continue
-        for ts, k, f in zip(df["timestamp"], df[names.TIME_ATTR], df[s.metric], strict=True):
-            events.append((float(ts), trial_id, float(k), float(f)))
-    return events, trials
+    tuner.fit()
+    return recorder.events, recorder.trials
+
+
+class _Recorder(Callback):
+    """Every result in the order the driver (and so the searcher and ASHA) saw it.
+
+    Tune's own ``timestamp`` counts whole seconds, and a replayed trial lives a fraction of
+    one, so ordering by it would tie most of a search's reports and the budget prefixes of
+    ``benchmarks/search_study.py`` would cut at arbitrary places."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.events: list[tuple[float, str, float, float]] = []
+        self.trials: dict[str, dict[str, Any]] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if self.metric not in result:
+            return
+        self.trials.setdefault(trial.trial_id, flat_config(trial.config))
+        self.events.append((time.perf_counter(), trial.trial_id,
+                            float(result[names.TIME_ATTR]), float(result[self.metric])))
 
 
 def charged_kimg(events: Sequence[tuple[float, str, float, float]]) -> float:
