@@ -119,14 +119,16 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Path
-                   ) -> dict[str, Any]:
-    """One search in a throw-away store (``work`` is the scratch directory); its evaluations."""
+def run_one_search(config: str, algo: str, seed: int, num_samples: int, work: Path,
+                   overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """One search in a throw-away store (``work`` is the scratch directory); its evaluations.
+    ``overrides`` (default: the algorithm's row of ``ALGORITHMS``) set the search's variant."""
     from tsearch.search.tuner import run_search
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         cfg = load_config(config, [
-            *ALGORITHMS[algo], f"search.seed={seed}", f"search.num_samples={num_samples}",
+            *(ALGORITHMS[algo] if overrides is None else overrides), f"search.seed={seed}",
+            f"search.num_samples={num_samples}",
             "search.confirm.enabled=false", f"search.name=eff-{algo}-{seed}",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"search.storage_path={tmp}/ray",
             f"tracking.artifact_root={tmp}/artifacts", f"eval.cache_dir={work}/cache"])
