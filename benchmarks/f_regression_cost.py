@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tsearch.timesteps.adaptive import f_regression_scores  # noqa: E402
+from tsearch.timesteps.adaptive_policy import f_regression_scores  # noqa: E402
 
 _IMPORT = """
 import time

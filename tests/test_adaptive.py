@@ -11,9 +11,8 @@ from conftest import ROOT
 from sklearn.feature_selection import f_regression
 
 from tsearch.diffusion.schedule import NoiseSchedule
-from tsearch.timesteps.adaptive import (
-    AdaptiveParams,
-    AdaptiveSampler,
+from tsearch.timesteps.adaptive import AdaptiveParams, AdaptiveSampler
+from tsearch.timesteps.adaptive_policy import (
     discretised_beta,
     f_regression_scores,
     select_features,
@@ -236,7 +235,7 @@ def test_default_update_equals_the_reference_formula(params, equal):
     u = sampler._pending["u"]
     assert torch.equal(torch.round(u * 999).long(), draw.t)
     reward = torch.randn(16, generator=gen) * 1e-3
-    sampler._update_policy(c.x0, u, reward)
+    sampler.update_policy(c.x0, u, reward)
     _reference_update(reference, c.x0, u, reward)
     got = torch.cat([p.flatten() for p in sampler.policy.parameters()])
     want = torch.cat([p.flatten() for p in reference.parameters()])
@@ -258,7 +257,7 @@ def test_reference_entropy_term_lets_the_policy_move():
             draw = sampler.sample(32, c)
             sampler.probe_request(c)
             reward = 1e-4 * (draw.t < 300).float()
-            sampler._update_policy(c.x0, sampler._pending["u"], reward)
+            sampler.update_policy(c.x0, sampler._pending["u"], reward)
             sampler._pending = None
         moved[form] = sampler.metrics()["sampler/tv_uniform"]
     assert moved["reference"] > 10 * moved["bonus"], moved

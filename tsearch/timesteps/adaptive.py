@@ -21,15 +21,24 @@ bonus, L = -mean[log pi r] - c mean H, about 300x stronger near uniform), ``base
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from scipy.special import betainc
 from torch import nn
 from torch.distributions import Beta
 
+from tsearch.timesteps.adaptive_policy import (
+    REFERENCE_FLOOR,
+    CnnPolicy,
+    UnconditionalPolicy,
+    discretised_beta,
+    draw_u,
+    log_prob,
+    select_features,
+)
 from tsearch.timesteps.base import (
     Draw,
     Params,
@@ -40,7 +49,9 @@ from tsearch.timesteps.base import (
     entropy,
 )
 
-_MIN_CONC = 1e-5  # alpha, beta = softplus(.) + 1e-5, as ActorNetwork
+# The stable preset (docs/algorithms.md 1.10): the smallest set of switches with no collapse
+# under noise-only rewards that still follows a signal (benchmarks/adaptive_stability.py).
+STABLE: dict[str, Any] = {"concentration_floor": 1.0, "max_tv_step": 0.05, "skip_frozen": True}
 
 
 class AdaptiveParams(Params):
@@ -66,106 +77,33 @@ class AdaptiveParams(Params):
     common_noise: bool = False  # True: same images and noise before and after the update
     baseline: bool = False  # subtract the batch-mean reward (variance reduction)
     normalize_reward: bool = False  # divide by the batch std: makes entropy_coef scale-free
+    # Stabilisation switches (docs/algorithms.md 1.10), each off in the paper's code:
+    # least alpha and beta (1: no endpoint spikes, a unimodal Beta)
+    concentration_floor: float = Field(REFERENCE_FLOOR, ge=1e-6, le=100.0)
+    uniform_mix: float = Field(0.0, ge=0.0, lt=1.0)  # t from (1 - m) pi + m U; pi's update uses it
+    lr_warmup: int = Field(0, ge=0, le=1_000_000)  # policy updates over which its lr ramps to lr
+    max_tv_step: float | None = Field(None, gt=0.0, le=1.0)  # trust region: TV one update may move
+    skip_frozen: bool = False  # no update from a step the model did not learn (its lr was 0)
+    # reference: the paper's code; stable: STABLE's switches (an explicit key still wins)
+    preset: Literal["reference", "stable"] = "reference"
 
     @model_validator(mode="before")
     @classmethod
-    def _no_umbrella(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "faithful" in data:
+    def _resolve(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "faithful" in data:
             raise ValueError(
                 "faithful was replaced by explicit switches and the reference algorithm is now "
                 "the default; remove it (the old `faithful: false` behaviour is common_noise: "
                 "true, entropy_form: bonus, scan_stride: 10)")
+        if data.get("preset") == "stable":
+            data = {**STABLE, **data}
+        floor = float(data.get("concentration_floor", REFERENCE_FLOOR))
+        if floor >= 0.5 and "init_bias" not in data:
+            # Near-uniform at init whatever the floor: softplus(b) + floor ~ 1 (+0.02).
+            data = {**data, "init_bias": math.log(math.expm1(max(1.0 - floor, 0.02)))}
         return data
-
-
-def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Univariate linear-regression F statistic of each column of x against y.
-
-    F_j = r_j^2 / (1 - r_j^2) * (n - 2), r_j = corr(x[:, j], y): sklearn's ``f_regression``
-    (docs/algorithms.md 1.3). Constant columns (and n <= 2) score 0 instead of NaN.
-    """
-    # Not sklearn's: it is 2.8-5.3x slower per call, +0.5-2.7 s import (f_regression_cost.py)
-    x = x.double()
-    y = y.double()
-    n = x.shape[0]
-    xc = x - x.mean(0, keepdim=True)
-    yc = y - y.mean()
-    denom = xc.norm(dim=0) * yc.norm()
-    r = torch.where(denom > 0, (xc * yc[:, None]).sum(0) / denom.clamp_min(1e-300),
-                    torch.zeros_like(denom))
-    r2 = r.pow(2).clamp(max=1.0 - 1e-12)
-    f = r2 / (1.0 - r2) * max(n - 2, 0)
-    return torch.nan_to_num(f, nan=0.0, posinf=0.0)
-
-
-def select_features(queue: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of the k best F scores of the queue rows against their sums.
-
-    All-zero rows (e.g. never filled) are dropped first, as the reference code does.
-    """
-    rows = queue[(queue != 0).any(dim=1)]
-    scores = f_regression_scores(rows, rows.sum(dim=1))
-    return torch.topk(scores, min(k, scores.numel())).indices.sort().values
-
-
-class _BetaHead(nn.Module):
-    """Linear(hidden -> 2) with zero weights and a constant bias: near-uniform Beta at init."""
-
-    def __init__(self, hidden: int, init_bias: float):
-        super().__init__()
-        self.linear = nn.Linear(hidden, 2)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.constant_(self.linear.bias, init_bias)
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = nn.functional.softplus(self.linear(h)) + _MIN_CONC
-        return ab[:, 0], ab[:, 1]
-
-
-class CnnPolicy(nn.Module):
-    """ATS ActorNetwork: 3 conv blocks, MLP, Beta head; adaptive pooling for any resolution."""
-
-    def __init__(self, in_channels: int, hidden: int, depth: int, init_bias: float):
-        super().__init__()
-        blocks: list[nn.Module] = []
-        for c_in, c_out in ((in_channels, 32), (32, 64), (64, 128)):
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(2, ceil_mode=True)]
-        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        layers: list[nn.Module] = [nn.Linear(128 * 4 * 4, hidden), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.ReLU()]
-        self.mlp = nn.Sequential(*layers)
-        self.head = _BetaHead(hidden, init_bias)
-
-    def forward(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.mlp(self.features(x0)))
-
-
-class UnconditionalPolicy(nn.Module):
-    """Two learned numbers: the same Beta(alpha, beta) for every image."""
-
-    def __init__(self, init_bias: float):
-        super().__init__()
-        self.logits = nn.Parameter(torch.full((2,), float(init_bias)))
-
-    def forward(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = nn.functional.softplus(self.logits) + _MIN_CONC
-        n = x0.shape[0]
-        return ab[0].expand(n), ab[1].expand(n)
-
-
-def discretised_beta(alpha: np.ndarray, beta: np.ndarray, num_timesteps: int) -> np.ndarray:
-    """Marginal p(t) of t = round(u (T-1)), u ~ mixture of Beta(alpha_i, beta_i) (float64 [T]).
-
-    Exact through the regularised incomplete beta function; endpoints get half-width bins.
-    """
-    edges = np.clip((np.arange(num_timesteps + 1) - 0.5) / (num_timesteps - 1), 0.0, 1.0)
-    cdf = betainc(np.asarray(alpha)[:, None], np.asarray(beta)[:, None], edges[None, :])
-    p = np.diff(cdf, axis=1).mean(axis=0)
-    p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, None)
-    total = p.sum()
-    return p / total if total > 0 else np.full(num_timesteps, 1.0 / num_timesteps)
 
 
 class AdaptiveSampler(TimestepSampler):
@@ -189,6 +127,8 @@ class AdaptiveSampler(TimestepSampler):
         self._pending: dict[str, Any] | None = None
         self._last_ab: tuple[np.ndarray, np.ndarray] | None = None
         self.updates = 0
+        self.skipped = 0  # probes whose update skip_frozen dropped
+        self.trust_scale = 1.0  # the last update's step after the trust region
         self._stats: dict[str, float] = {}
         self._recent: list[tuple[float, float, float]] = []  # (tv_step, reward mean, std)
 
@@ -200,9 +140,10 @@ class AdaptiveSampler(TimestepSampler):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         try:  # initialise from our own generator, not the caller's global RNG
             if p.policy == "cnn":
-                self.policy = CnnPolicy(in_channels, p.hidden, p.depth, p.init_bias)
+                self.policy = CnnPolicy(in_channels, p.hidden, p.depth, p.init_bias,
+                                        p.concentration_floor)
             else:
-                self.policy = UnconditionalPolicy(p.init_bias)
+                self.policy = UnconditionalPolicy(p.init_bias, p.concentration_floor)
         finally:
             torch.random.set_rng_state(gen_state)
         self.policy.to(device)
@@ -234,8 +175,8 @@ class AdaptiveSampler(TimestepSampler):
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            u = Beta(alpha, beta).sample()
-        u = u.clamp(1e-6, 1.0 - 1e-6)
+            u = draw_u(alpha, beta, self.params.uniform_mix)
+        u = u.clamp(1e-6, 1.0 - 1e-6)  # a deviation: keeps log pi finite (docs 1.10)
         t = torch.round(u * (self.num_timesteps - 1)).long()
         self._last_ab = (alpha.double().numpy(), beta.double().numpy())
         if self._wants_probe(ctx):
@@ -269,6 +210,8 @@ class AdaptiveSampler(TimestepSampler):
         delta = (result.before - result.after).double().cpu()
         n_scan = p.scan_images * len(self.tau_grid)
         scan = delta[:n_scan].view(p.scan_images, -1).mean(0)
+        if self._frozen(ctx):
+            return
         if torch.isfinite(scan).all():
             self.queue = torch.cat([self.queue, scan[None]])[-p.queue_size:]
         reward = delta[n_scan:].view(pending["rewarded"], -1).sum(1)
@@ -276,17 +219,25 @@ class AdaptiveSampler(TimestepSampler):
         if len(self.queue) > 1:
             self.selected = self.tau_grid[select_features(self.queue, p.num_features)]
         if torch.isfinite(reward).all():
-            self._update_policy(pending["x0"][: pending["rewarded"]],
-                                pending["u"][: pending["rewarded"]], reward.float())
+            self.update_policy(pending["x0"][: pending["rewarded"]],
+                               pending["u"][: pending["rewarded"]], reward.float())
 
-    def _update_policy(self, x0: torch.Tensor, u: torch.Tensor, reward: torch.Tensor) -> None:
+    def _frozen(self, ctx: StepContext) -> bool:
+        """The model did not learn at this step, so every improvement measured is noise."""
+        if self.params.skip_frozen and ctx.lr == 0:
+            self.skipped += 1
+            return True
+        return False
+
+    def update_policy(self, x0: torch.Tensor, u: torch.Tensor, reward: torch.Tensor) -> None:
+        """One REINFORCE step on per-image rewards for the u drawn on x0 (public: the stability
+        benchmark drives the policy alone with synthetic rewards)."""
         p = self.params
         policy = self._policy_for(x0)
         device = x0.device
         alpha, beta = policy(x0)
-        dist = Beta(alpha, beta)
-        logp = dist.log_prob(u.to(device))
-        ent = dist.entropy()
+        logp = log_prob(alpha, beta, u.to(device), p.uniform_mix)
+        ent = Beta(alpha, beta).entropy()
         reward = reward.to(device)
         adv = reward - reward.mean() if p.baseline else reward
         if p.normalize_reward and len(reward) > 1:
@@ -297,35 +248,65 @@ class AdaptiveSampler(TimestepSampler):
             loss = -(logp * adv).mean() - p.entropy_coef * ent.mean()
         if not torch.isfinite(loss):
             return
+        if p.lr_warmup:
+            for group in self.optimizer.param_groups:
+                group["lr"] = p.lr * min(1.0, (self.updates + 1) / p.lr_warmup)
+        old = [w.detach().clone() for w in policy.parameters()] if p.max_tv_step else None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(policy.parameters(), p.grad_clip)
         self.optimizer.step()
         self.updates += 1
+        before = self._p_t(alpha, beta)
+        after = self._p_t(*self._no_grad(policy, x0))
+        if old is not None:
+            after = self._trust_region(policy, x0, old, before, after)
         # How far this update moved p(t) on these images, and how far p(t) is from uniform.
-        with torch.no_grad():
-            new_alpha, new_beta = policy(x0)
+        self._recent.append((_tv(after, before), float(reward.mean()),
+                             float(reward.std()) if len(reward) > 1 else 0.0))
         T = self.num_timesteps
-        before = discretised_beta(alpha.detach().double().cpu().numpy(),
-                                  beta.detach().double().cpu().numpy(), T)
-        after = discretised_beta(new_alpha.double().cpu().numpy(),
-                                 new_beta.double().cpu().numpy(), T)
-        self._recent.append((0.5 * float(np.abs(after - before).sum()),
-                             float(reward.mean()), float(reward.std()) if len(reward) > 1
-                             else 0.0))
         self._stats = {
             "sampler/policy_loss": float(loss.detach()),
             "sampler/policy_entropy": float(ent.detach().mean()),
-            "sampler/tv_uniform": 0.5 * float(np.abs(after - 1.0 / T).sum()),
+            "sampler/tv_uniform": _tv(after, np.full(T, 1.0 / T)),
         }
+
+    @staticmethod
+    def _no_grad(policy: nn.Module, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return policy(x0)
+
+    def _p_t(self, alpha: torch.Tensor, beta: torch.Tensor) -> np.ndarray:
+        return discretised_beta(alpha.detach().double().cpu().numpy(),
+                                beta.detach().double().cpu().numpy(), self.num_timesteps,
+                                self.params.uniform_mix)
+
+    def _trust_region(self, policy: nn.Module, x0: torch.Tensor, old: list[torch.Tensor],
+                      before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Halve the update's step until it moves p(t) on these images by at most
+        ``max_tv_step`` in total variation (a line search back toward the old weights)."""
+        limit = float(self.params.max_tv_step)
+        new = [w.detach().clone() for w in policy.parameters()]
+        scale = 1.0
+        for _ in range(30):  # 2^-30 of an Adam step: the old weights to float precision
+            if _tv(after, before) <= limit:
+                break
+            scale *= 0.5
+            with torch.no_grad():
+                for w, w0, w1 in zip(policy.parameters(), old, new, strict=True):
+                    w.copy_(w0 + scale * (w1 - w0))
+            after = self._p_t(*self._no_grad(policy, x0))
+        self.trust_scale = scale
+        return after
 
     def probs(self) -> torch.Tensor:
         if self._last_ab is None:
-            a = float(nn.functional.softplus(torch.tensor(self.params.init_bias))) + _MIN_CONC
+            p = self.params
+            a = float(nn.functional.softplus(torch.tensor(p.init_bias))) + p.concentration_floor
             ab = (np.array([a]), np.array([a]))
         else:
             ab = self._last_ab
-        p = discretised_beta(ab[0], ab[1], self.num_timesteps)
+        p = discretised_beta(ab[0], ab[1], self.num_timesteps, self.params.uniform_mix)
         return torch.from_numpy(p)
 
     def metrics(self) -> dict[str, float]:
@@ -337,6 +318,10 @@ class AdaptiveSampler(TimestepSampler):
         for i, s in enumerate(self.selected.tolist()):
             out[f"sampler/S_{i}"] = float(s)
         out.update(self._stats)
+        if self.params.skip_frozen:
+            out["sampler/updates_skipped"] = float(self.skipped)
+        if self.params.max_tv_step:
+            out["sampler/trust_scale"] = self.trust_scale
         if self._recent:  # means over the updates since the last call (one log interval)
             tv_step, mean, std = (float(np.mean(v)) for v in zip(*self._recent, strict=True))
             out.update({"sampler/tv_step": tv_step, "sampler/reward": mean,
@@ -349,7 +334,7 @@ class AdaptiveSampler(TimestepSampler):
         state = super().state_dict()
         state.update({
             "queue": self.queue.clone(), "selected": self.selected.clone(),
-            "updates": self.updates, "in_channels": self.in_channels,
+            "updates": self.updates, "skipped": self.skipped, "in_channels": self.in_channels,
             "stats": dict(self._stats), "recent": [list(r) for r in self._recent],
             "last_ab": None if self._last_ab is None else
             [torch.from_numpy(self._last_ab[0].copy()), torch.from_numpy(self._last_ab[1].copy())],
@@ -363,6 +348,7 @@ class AdaptiveSampler(TimestepSampler):
         self.queue = state["queue"].clone()
         self.selected = state["selected"].clone()
         self.updates = int(state["updates"])
+        self.skipped = int(state.get("skipped", 0))  # absent in checkpoints before the switch
         self._stats = dict(state["stats"])
         self._recent = [tuple(r) for r in state.get("recent", [])]
         self._last_ab = None if state["last_ab"] is None else (
@@ -374,3 +360,7 @@ class AdaptiveSampler(TimestepSampler):
             self.generator.set_state(gen)
             self.policy.load_state_dict(state["policy"])
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _tv(p: np.ndarray, q: np.ndarray) -> float:
+    return 0.5 * float(np.abs(p - q).sum())
