@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule
+from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule, flow_betas, flow_times
 from tsearch.errors import ConfigError
 from tsearch.timesteps import (
     SAMPLERS,
@@ -87,11 +87,111 @@ def test_debias_values_at_three_timesteps():
     np.testing.assert_allclose(eps[t], np.sqrt((1 - abar[t]) / abar[t]), rtol=1e-9)
     assert eps[0] == pytest.approx(0.0100005, rel=1e-5)  # sqrt(1e-4 / 0.9999)
     v = DebiasWeighting(LINEAR, raw, "v").table()
-    np.testing.assert_allclose(v[t], np.sqrt(1 - abar[t]), rtol=1e-9)  # 1 / sqrt(SNR + 1)
+    # sqrt(SNR) / (SNR + 1), the eps objective on the v-MSE (v-MSE = (SNR + 1) / SNR eps-MSE).
+    np.testing.assert_allclose(v[t], np.sqrt(abar[t] * (1 - abar[t])), rtol=1e-9)
     x0 = DebiasWeighting(LINEAR, raw, "x0").table()
     np.testing.assert_allclose(x0[t], np.sqrt(abar[t] / (1 - abar[t])), rtol=1e-9)
     normalized = DebiasWeighting(LINEAR).table()  # default: mean 1 over t, same shape
     assert normalized.mean() == pytest.approx(1.0) and np.allclose(normalized, eps / eps.mean())
+
+
+STEPS = torch.tensor([0, 1, 100, 250, 500, 750, 900, 998, 999])
+# The VP process with the flow schedule's tables: at index i, the SNR of the flow cell's middle.
+FLOW_AS_VP = NoiseSchedule(name="flow", betas=flow_betas(1000))
+
+
+class ImpliedPrediction(torch.nn.Module):
+    """One denoiser, whose estimate of eps is ``eps_hat``, reporting in one parametrisation.
+
+    Each output follows from the definitions alone, given the network's input x: VP x =
+    sqrt(abar) x0 + sqrt(1 - abar) eps and v = sqrt(abar) eps - sqrt(1 - abar) x0; flow x =
+    (1 - s) x0 + s eps with velocity eps - x0, the network seeing s * T.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, eps_hat: torch.Tensor, target: str):
+        super().__init__()
+        self.schedule, self.eps_hat, self.target = schedule, eps_hat, target
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        if self.schedule.process == "flow":
+            s = (time / self.schedule.num_timesteps).view(-1, 1, 1, 1)
+            return (self.eps_hat - x) / (1 - s)  # x0 = x - s u, eps = x + (1 - s) u
+        ab = self.schedule.tensor("alphas_cumprod")[time].view(-1, 1, 1, 1)
+        if self.target == "eps":
+            return self.eps_hat
+        if self.target == "x0":
+            return (x - (1 - ab).sqrt() * self.eps_hat) / ab.sqrt()
+        return (self.eps_hat - (1 - ab).sqrt() * x) / ab.sqrt()  # eps = sqrt(1-ab) x + sqrt(ab) v
+
+
+def weighted_losses(schedule: NoiseSchedule, name: str, target: str, t: torch.Tensor,
+                    params: dict | None = None) -> torch.Tensor:
+    """w(t) x the per-sample MSE of the same denoiser (fixed x0, noise and eps error)."""
+    from tsearch.diffusion.loss import per_sample_mse
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(t.numel(), 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    eps_hat = noise + 0.3 * torch.randn(x0.shape, generator=g)
+    model = ImpliedPrediction(schedule, eps_hat, target)
+    losses = per_sample_mse(model, schedule, x0, t, noise, target)  # flow: at the cell's middle
+    cls = WEIGHTINGS[name]
+    return cls(schedule, cls.Params(**(params or {})), target).weights(t).double() * losses
+
+
+@pytest.mark.parametrize("name,params", [("debias", {"normalize": False}), ("min_snr", {}),
+                                         ("min_snr", {"gamma": 1.0})])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_weightings_by_target_are_the_eps_objective(name, params, schedule):
+    sched = NoiseSchedule.create(schedule)
+    on_eps = weighted_losses(sched, name, "eps", STEPS, params)
+    # The loss path is float32 (schedule.tensor): 1 - abar is exact from the float32 abar but
+    # that abar is off by up to 2^-25, i.e. 2^-25 / (1 - abar) relative (1.7e-4 at linear t = 0);
+    # the implied outputs cancel terms of size 1 to an error of size 0.3 (about 1e-6 relative).
+    one_minus = torch.as_tensor(1 - sched.alphas_cumprod[STEPS.numpy()])
+    rtol = 1e-5 + 2 * 2.0**-25 / one_minus
+    for target in ("v", "x0"):
+        on_target = weighted_losses(sched, name, target, STEPS, params)
+        assert torch.all((on_target - on_eps).abs() <= rtol * on_eps), on_target / on_eps
+
+
+@pytest.mark.parametrize("name,params", [("debias", {"normalize": False}), ("min_snr", {}),
+                                         ("min_snr", {"gamma": 1.0})])
+def test_flow_weightings_equal_their_vp_objectives(name, params):
+    """weighting(flow) x flow loss = weighting(VP v) x VP v-MSE at the same index.
+
+    The VP process with the flow schedule's tables has, at index i, the SNR of the flow cell's
+    middle, ((1 - t) / t)^2 with t = (i + 0.5) / T: the point the code maps the index to; the
+    flow loss is taken there (no offset), so both see the same x0, noise and noise level.
+    """
+    flow, vp = NoiseSchedule.create("flow"), FLOW_AS_VP
+    on_flow = weighted_losses(flow, name, "v", STEPS, params)
+    t = (STEPS.double() + 0.5) / 1000
+    # The flow loss runs on float32 time (loss.flow_time), and the test model recovers s from
+    # s * T: each rounds s by up to 2^-24, which the loss squares through 1 / (1 - s), so allow
+    # 4 x 2^-24 / (1 - t) relative (4.8e-4 at t = 0.9995), plus 1e-5 of float32 cancellation.
+    rtol = 1e-5 + 4 * 2.0**-24 / (1 - t)
+    for target in ("v", "eps"):
+        on_vp = weighted_losses(vp, name, target, STEPS, params)
+        assert torch.all((on_flow - on_vp).abs() <= rtol * on_vp.abs()), (on_flow / on_vp)
+    # At t = 0.5 the velocity loss is twice the VP v-MSE: the VP v table alone would double it.
+    w = WEIGHTINGS[name]
+    ratio = w(flow, w.Params(**params), "v").table() / w(vp, w.Params(**params), "v").table()
+    mid = flow_times(1000)
+    # float64 tables; the cumprod of the flow betas gives abar to ~1e-13 relative.
+    np.testing.assert_allclose(ratio, (1 - mid) ** 2 + mid**2, rtol=1e-9)
+
+
+def test_normalized_debias_is_the_same_objective_up_to_scale_under_flow():
+    flow = NoiseSchedule.create("flow")
+    w_flow = WEIGHTINGS["debias"](flow, prediction="v").table()
+    w_vp = WEIGHTINGS["debias"](FLOW_AS_VP, prediction="v").table()
+    t = flow_times(1000)
+    assert w_flow.mean() == pytest.approx(1.0) and w_vp.mean() == pytest.approx(1.0)
+    ratio = w_flow / (w_vp * ((1 - t) ** 2 + t**2))  # a constant: the two means differ
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)  # float64, abar to ~1e-13
+    raw = WEIGHTINGS["debias"](flow, WEIGHTINGS["debias"].Params(normalize=False), "v").table()
+    np.testing.assert_allclose(raw, t * (1 - t), rtol=1e-9)  # sigma (1 - t)^2 = t (1 - t)
 
 
 def test_min_snr_is_one_where_snr_is_zero():
