@@ -672,6 +672,71 @@ def test_mode_probs_match_a_million_draws(s):
     histogram_agrees(p, nearest_index(sched, 2.0 * np.log((1.0 - t) / t)))
 
 
+# Under flow, index i is the cell [i/T, (i+1)/T) of t that training draws from (docs 6.6).
+FLOW_EDGES = np.arange(1001) / 1000
+
+
+@pytest.mark.parametrize("s", [1.29, 0.0, -0.9, 1.7])
+def test_flow_mode_cell_masses_are_exact(s):
+    """P(i) = P(f(u) in [i/T, (i+1)/T)) for u ~ U(0, 1): F(upper) - F(lower), F(t) = 1 - f^-1(t)."""
+    from scipy.optimize import brentq
+
+    from tsearch.timesteps.mode import ModeSampler
+
+    p = ModeSampler(NoiseSchedule.create("flow"), ModeSampler.Params(s=s)).probs().numpy()
+
+    def f(u):
+        return 1.0 - u - s * (np.cos(np.pi * u / 2.0) ** 2 - 1.0 + u)  # SD3's f_mode
+
+    # Every edge: the mass below i/T is P(t < i/T) = 1 - f^-1(i/T), so f(1 - cumsum) = i/T.
+    # float64 cumsum of 1000 terms errs by < 1e-13, times |f'| <= 1 + |s| (1 + pi/2) < 6.
+    below = np.concatenate([[0.0], np.cumsum(p)])
+    np.testing.assert_allclose(f(1.0 - below), FLOW_EDGES, rtol=0, atol=1e-12)
+    # The end cells (13% off at s = 1.29 with the VP midpoint cells), from a root finder:
+    # xtol 1e-15 on u against masses above 1e-4, so 1e-9 relative is loose.
+    def inverse(tau):
+        return brentq(lambda u: f(u) - tau, 0.0, 1.0, xtol=1e-15)
+
+    assert p[0] == pytest.approx(1.0 - inverse(FLOW_EDGES[1]), rel=1e-9)
+    assert p[-1] == pytest.approx(inverse(FLOW_EDGES[-2]), rel=1e-9)
+
+
+def flow_cell_masses(cdf, sf, lower: np.ndarray, upper: np.ndarray, centre: float) -> np.ndarray:
+    """F(upper) - F(lower), from the survival function above ``centre`` (tail-exact)."""
+    return np.where(lower > centre, sf(lower) - sf(upper), cdf(upper) - cdf(lower))
+
+
+@pytest.mark.parametrize("name,params", [("logit_normal", {}), ("logit_normal", {"m": 0.8,
+                                                                                   "s": 0.5}),
+                                         ("lognormal", {})])
+def test_flow_gaussian_cell_masses_are_exact(name, params):
+    from scipy import stats
+
+    sampler = SAMPLERS[name](NoiseSchedule.create("flow"), SAMPLERS[name].Params(**params))
+    m, s = (params.get("m", 0.0), params.get("s", 1.0)) if name == "logit_normal" else (-1.2, 1.2)
+    with np.errstate(divide="ignore"):
+        edges = np.log(FLOW_EDGES / (1.0 - FLOW_EDGES))  # ln sigma = logit(t), ends -inf, inf
+    law = stats.norm(m, s)
+    expected = flow_cell_masses(law.cdf, law.sf, edges[:-1], edges[1:], m)
+    # Both sides float64 and tail-exact; 1e-9 relative covers scipy's and torch's ndtr.
+    np.testing.assert_allclose(sampler.probs().numpy(), expected, rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize("shape,mu,scale", [("laplace", 0.0, 0.5), ("cauchy", 2.0, 0.3)])
+def test_flow_laplace_cell_masses_are_exact(shape, mu, scale):
+    from scipy import stats
+
+    from tsearch.timesteps.laplace import LaplaceSampler
+
+    params = LaplaceSampler.Params(mu=mu, scale=scale, shape=shape)
+    p = LaplaceSampler(NoiseSchedule.create("flow"), params).probs().numpy()
+    with np.errstate(divide="ignore"):
+        lam = -2.0 * np.log(FLOW_EDGES / (1.0 - FLOW_EDGES))  # log SNR, decreasing in t
+    law = (stats.laplace if shape == "laplace" else stats.cauchy)(loc=mu, scale=scale)
+    expected = flow_cell_masses(law.cdf, law.sf, lam[1:], lam[:-1], mu)
+    np.testing.assert_allclose(p, expected, rtol=1e-9, atol=1e-300)  # as above
+
+
 def test_mode_refuses_scales_where_it_is_not_monotone():
     from tsearch.timesteps.mode import ModeSampler
 
