@@ -147,9 +147,11 @@ class DebiasWeighting(LossWeighting):
     """w_t = 1 / sqrt(SNR_t) on the eps-MSE (Yu et al. 2023; docs/algorithms.md 6.5).
 
     That is sigma_t = sqrt((1 - abar_t) / abar_t): 0.010 at t = 0 and 157 at t = 999 (linear),
-    so noisy timesteps dominate. The paper and its code (``yuhuUSTC/Debias``) define it for
-    eps-prediction only; other targets get the same objective through the MSE identities
-    (``NoiseSchedule.eps_mse_ratio``): x0 sqrt(SNR), v sqrt(SNR) / (SNR + 1), flow t (1 - t).
+    so noisy timesteps dominate. The paper derives it for eps-prediction; its code
+    (``yuhuUSTC/Debias`` ``gaussian_diffusion.py``) multiplies 1 / sqrt(SNR) into whichever
+    target's MSE, under a "noise-prediction" comment. Here other targets get the eps objective
+    through the MSE identities (``NoiseSchedule.eps_mse_ratio``): x0 sqrt(SNR), v sqrt(SNR) /
+    (SNR + 1), flow t (1 - t).
     """
 
     name = "debias"
