@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule
+from tsearch.diffusion.schedule import SCHEDULES, NoiseSchedule, flow_betas, flow_times
 from tsearch.errors import ConfigError
 from tsearch.timesteps import (
     SAMPLERS,
@@ -87,11 +87,111 @@ def test_debias_values_at_three_timesteps():
     np.testing.assert_allclose(eps[t], np.sqrt((1 - abar[t]) / abar[t]), rtol=1e-9)
     assert eps[0] == pytest.approx(0.0100005, rel=1e-5)  # sqrt(1e-4 / 0.9999)
     v = DebiasWeighting(LINEAR, raw, "v").table()
-    np.testing.assert_allclose(v[t], np.sqrt(1 - abar[t]), rtol=1e-9)  # 1 / sqrt(SNR + 1)
+    # sqrt(SNR) / (SNR + 1), the eps objective on the v-MSE (v-MSE = (SNR + 1) / SNR eps-MSE).
+    np.testing.assert_allclose(v[t], np.sqrt(abar[t] * (1 - abar[t])), rtol=1e-9)
     x0 = DebiasWeighting(LINEAR, raw, "x0").table()
     np.testing.assert_allclose(x0[t], np.sqrt(abar[t] / (1 - abar[t])), rtol=1e-9)
     normalized = DebiasWeighting(LINEAR).table()  # default: mean 1 over t, same shape
     assert normalized.mean() == pytest.approx(1.0) and np.allclose(normalized, eps / eps.mean())
+
+
+STEPS = torch.tensor([0, 1, 100, 250, 500, 750, 900, 998, 999])
+# The VP process with the flow schedule's tables: at index i, the SNR of the flow cell's middle.
+FLOW_AS_VP = NoiseSchedule(name="flow", betas=flow_betas(1000))
+
+
+class ImpliedPrediction(torch.nn.Module):
+    """One denoiser, whose estimate of eps is ``eps_hat``, reporting in one parametrisation.
+
+    Each output follows from the definitions alone, given the network's input x: VP x =
+    sqrt(abar) x0 + sqrt(1 - abar) eps and v = sqrt(abar) eps - sqrt(1 - abar) x0; flow x =
+    (1 - s) x0 + s eps with velocity eps - x0, the network seeing s * T.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, eps_hat: torch.Tensor, target: str):
+        super().__init__()
+        self.schedule, self.eps_hat, self.target = schedule, eps_hat, target
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        if self.schedule.process == "flow":
+            s = (time / self.schedule.num_timesteps).view(-1, 1, 1, 1)
+            return (self.eps_hat - x) / (1 - s)  # x0 = x - s u, eps = x + (1 - s) u
+        ab = self.schedule.tensor("alphas_cumprod")[time].view(-1, 1, 1, 1)
+        if self.target == "eps":
+            return self.eps_hat
+        if self.target == "x0":
+            return (x - (1 - ab).sqrt() * self.eps_hat) / ab.sqrt()
+        return (self.eps_hat - (1 - ab).sqrt() * x) / ab.sqrt()  # eps = sqrt(1-ab) x + sqrt(ab) v
+
+
+def weighted_losses(schedule: NoiseSchedule, name: str, target: str, t: torch.Tensor,
+                    params: dict | None = None) -> torch.Tensor:
+    """w(t) x the per-sample MSE of the same denoiser (fixed x0, noise and eps error)."""
+    from tsearch.diffusion.loss import per_sample_mse
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(t.numel(), 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    eps_hat = noise + 0.3 * torch.randn(x0.shape, generator=g)
+    model = ImpliedPrediction(schedule, eps_hat, target)
+    losses = per_sample_mse(model, schedule, x0, t, noise, target)  # flow: at the cell's middle
+    cls = WEIGHTINGS[name]
+    return cls(schedule, cls.Params(**(params or {})), target).weights(t).double() * losses
+
+
+@pytest.mark.parametrize("name,params", [("debias", {"normalize": False}), ("min_snr", {}),
+                                         ("min_snr", {"gamma": 1.0})])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_weightings_by_target_are_the_eps_objective(name, params, schedule):
+    sched = NoiseSchedule.create(schedule)
+    on_eps = weighted_losses(sched, name, "eps", STEPS, params)
+    # The loss path is float32 (schedule.tensor): 1 - abar is exact from the float32 abar but
+    # that abar is off by up to 2^-25, i.e. 2^-25 / (1 - abar) relative (1.7e-4 at linear t = 0);
+    # the implied outputs cancel terms of size 1 to an error of size 0.3 (about 1e-6 relative).
+    one_minus = torch.as_tensor(1 - sched.alphas_cumprod[STEPS.numpy()])
+    rtol = 1e-5 + 2 * 2.0**-25 / one_minus
+    for target in ("v", "x0"):
+        on_target = weighted_losses(sched, name, target, STEPS, params)
+        assert torch.all((on_target - on_eps).abs() <= rtol * on_eps), on_target / on_eps
+
+
+@pytest.mark.parametrize("name,params", [("debias", {"normalize": False}), ("min_snr", {}),
+                                         ("min_snr", {"gamma": 1.0})])
+def test_flow_weightings_equal_their_vp_objectives(name, params):
+    """weighting(flow) x flow loss = weighting(VP v) x VP v-MSE at the same index.
+
+    The VP process with the flow schedule's tables has, at index i, the SNR of the flow cell's
+    middle, ((1 - t) / t)^2 with t = (i + 0.5) / T: the point the code maps the index to; the
+    flow loss is taken there (no offset), so both see the same x0, noise and noise level.
+    """
+    flow, vp = NoiseSchedule.create("flow"), FLOW_AS_VP
+    on_flow = weighted_losses(flow, name, "v", STEPS, params)
+    t = (STEPS.double() + 0.5) / 1000
+    # The flow loss runs on float32 time (loss.flow_time), and the test model recovers s from
+    # s * T: each rounds s by up to 2^-24, which the loss squares through 1 / (1 - s), so allow
+    # 4 x 2^-24 / (1 - t) relative (4.8e-4 at t = 0.9995), plus 1e-5 of float32 cancellation.
+    rtol = 1e-5 + 4 * 2.0**-24 / (1 - t)
+    for target in ("v", "eps"):
+        on_vp = weighted_losses(vp, name, target, STEPS, params)
+        assert torch.all((on_flow - on_vp).abs() <= rtol * on_vp.abs()), (on_flow / on_vp)
+    # At t = 0.5 the velocity loss is twice the VP v-MSE: the VP v table alone would double it.
+    w = WEIGHTINGS[name]
+    ratio = w(flow, w.Params(**params), "v").table() / w(vp, w.Params(**params), "v").table()
+    mid = flow_times(1000)
+    # float64 tables; the cumprod of the flow betas gives abar to ~1e-13 relative.
+    np.testing.assert_allclose(ratio, (1 - mid) ** 2 + mid**2, rtol=1e-9)
+
+
+def test_normalized_debias_is_the_same_objective_up_to_scale_under_flow():
+    flow = NoiseSchedule.create("flow")
+    w_flow = WEIGHTINGS["debias"](flow, prediction="v").table()
+    w_vp = WEIGHTINGS["debias"](FLOW_AS_VP, prediction="v").table()
+    t = flow_times(1000)
+    assert w_flow.mean() == pytest.approx(1.0) and w_vp.mean() == pytest.approx(1.0)
+    ratio = w_flow / (w_vp * ((1 - t) ** 2 + t**2))  # a constant: the two means differ
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)  # float64, abar to ~1e-13
+    raw = WEIGHTINGS["debias"](flow, WEIGHTINGS["debias"].Params(normalize=False), "v").table()
+    np.testing.assert_allclose(raw, t * (1 - t), rtol=1e-9)  # sigma (1 - t)^2 = t (1 - t)
 
 
 def test_min_snr_is_one_where_snr_is_zero():
@@ -570,6 +670,71 @@ def test_mode_probs_match_a_million_draws(s):
     t = 1.0 - u - s * (np.cos(np.pi * u / 2.0) ** 2 - 1.0 + u)  # SD3's f_mode
     t = t[(t > 0) & (t < 1)]
     histogram_agrees(p, nearest_index(sched, 2.0 * np.log((1.0 - t) / t)))
+
+
+# Under flow, index i is the cell [i/T, (i+1)/T) of t that training draws from (docs 6.6).
+FLOW_EDGES = np.arange(1001) / 1000
+
+
+@pytest.mark.parametrize("s", [1.29, 0.0, -0.9, 1.7])
+def test_flow_mode_cell_masses_are_exact(s):
+    """P(i) = P(f(u) in [i/T, (i+1)/T)) for u ~ U(0, 1): F(upper) - F(lower), F(t) = 1 - f^-1(t)."""
+    from scipy.optimize import brentq
+
+    from tsearch.timesteps.mode import ModeSampler
+
+    p = ModeSampler(NoiseSchedule.create("flow"), ModeSampler.Params(s=s)).probs().numpy()
+
+    def f(u):
+        return 1.0 - u - s * (np.cos(np.pi * u / 2.0) ** 2 - 1.0 + u)  # SD3's f_mode
+
+    # Every edge: the mass below i/T is P(t < i/T) = 1 - f^-1(i/T), so f(1 - cumsum) = i/T.
+    # float64 cumsum of 1000 terms errs by < 1e-13, times |f'| <= 1 + |s| (1 + pi/2) < 6.
+    below = np.concatenate([[0.0], np.cumsum(p)])
+    np.testing.assert_allclose(f(1.0 - below), FLOW_EDGES, rtol=0, atol=1e-12)
+    # The end cells (13% off at s = 1.29 with the VP midpoint cells), from a root finder:
+    # xtol 1e-15 on u against masses above 1e-4, so 1e-9 relative is loose.
+    def inverse(tau):
+        return brentq(lambda u: f(u) - tau, 0.0, 1.0, xtol=1e-15)
+
+    assert p[0] == pytest.approx(1.0 - inverse(FLOW_EDGES[1]), rel=1e-9)
+    assert p[-1] == pytest.approx(inverse(FLOW_EDGES[-2]), rel=1e-9)
+
+
+def flow_cell_masses(cdf, sf, lower: np.ndarray, upper: np.ndarray, centre: float) -> np.ndarray:
+    """F(upper) - F(lower), from the survival function above ``centre`` (tail-exact)."""
+    return np.where(lower > centre, sf(lower) - sf(upper), cdf(upper) - cdf(lower))
+
+
+@pytest.mark.parametrize("name,params", [("logit_normal", {}), ("logit_normal", {"m": 0.8,
+                                                                                   "s": 0.5}),
+                                         ("lognormal", {})])
+def test_flow_gaussian_cell_masses_are_exact(name, params):
+    from scipy import stats
+
+    sampler = SAMPLERS[name](NoiseSchedule.create("flow"), SAMPLERS[name].Params(**params))
+    m, s = (params.get("m", 0.0), params.get("s", 1.0)) if name == "logit_normal" else (-1.2, 1.2)
+    with np.errstate(divide="ignore"):
+        edges = np.log(FLOW_EDGES / (1.0 - FLOW_EDGES))  # ln sigma = logit(t), ends -inf, inf
+    law = stats.norm(m, s)
+    expected = flow_cell_masses(law.cdf, law.sf, edges[:-1], edges[1:], m)
+    # Both sides float64 and tail-exact; 1e-9 relative covers scipy's and torch's ndtr.
+    np.testing.assert_allclose(sampler.probs().numpy(), expected, rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize("shape,mu,scale", [("laplace", 0.0, 0.5), ("cauchy", 2.0, 0.3)])
+def test_flow_laplace_cell_masses_are_exact(shape, mu, scale):
+    from scipy import stats
+
+    from tsearch.timesteps.laplace import LaplaceSampler
+
+    params = LaplaceSampler.Params(mu=mu, scale=scale, shape=shape)
+    p = LaplaceSampler(NoiseSchedule.create("flow"), params).probs().numpy()
+    with np.errstate(divide="ignore"):
+        lam = -2.0 * np.log(FLOW_EDGES / (1.0 - FLOW_EDGES))  # log SNR, decreasing in t
+    law = (stats.laplace if shape == "laplace" else stats.cauchy)(loc=mu, scale=scale)
+    expected = flow_cell_masses(law.cdf, law.sf, lam[1:], lam[:-1], mu)
+    np.testing.assert_allclose(p, expected, rtol=1e-9, atol=1e-300)  # as above
 
 
 def test_mode_refuses_scales_where_it_is_not_monotone():

@@ -181,6 +181,25 @@ class NoiseSchedule:
         s2, pv = self.model_variance, self.posterior_variance_clipped
         return 0.5 * (np.log(s2 / pv) + pv / s2 - 1.0)
 
+    # --- the trained loss against the eps-MSE ---------------------------------------------
+    def eps_mse_ratio(self, prediction: str) -> np.ndarray:
+        """eps-MSE per unit of the per-sample MSE the trainer minimises, at each index.
+
+        For one denoiser the errors of its implied predictions are proportional (docs/
+        algorithms.md 6.5, 6.6). Given x_t, eps = sqrt(1 - abar) x_t + sqrt(abar) v and x0 =
+        (x_t - sqrt(1 - abar) eps) / sqrt(abar), so eps-MSE = abar v-MSE = SNR x0-MSE; under flow,
+        eps = x_t + (1 - t) u for the velocity u = eps - x0, so eps-MSE = (1 - t)^2 flow-MSE at
+        the cell's middle t (the time the tables describe; prediction is the velocity then). A
+        weighting defined on the eps-MSE times this ratio is the same objective for every target.
+        """
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; eps, x0 or v")
+        if self.process == "flow":
+            return (1.0 - flow_times(self.num_timesteps)) ** 2
+        if prediction == "eps":
+            return np.ones(self.num_timesteps)
+        return self.snr if prediction == "x0" else self.alphas_cumprod
+
     # --- SpeeD process increment (docs/algorithms.md 2.0-2.2) ------------------------------------
     @property
     def increment_mean_rate(self) -> np.ndarray:

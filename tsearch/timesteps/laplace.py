@@ -5,7 +5,8 @@ noise level's lambda = log SNR follows p(lambda) = exp(-|lambda - mu| / b) / (2b
 mu = 0, b = 0.5 [UNVERIFIED: what public re-implementations use]; the Cauchy variant
 p(lambda) = 1 / (pi gamma (1 + ((lambda - mu) / gamma)^2)) is ``shape: cauchy`` with gamma =
 ``scale``. Each timestep gets the mass of its cell (lambda = -2 ln sigma, the cells ``lognormal``
-uses), so p(t) is exact and sums to 1; tails use the survival function, so far cells keep their
+uses; under flow matching the cells [i/T, (i+1)/T) of t that training draws from), so p(t)
+is exact and sums to 1; tails use the survival function, so far cells keep their
 relative precision.
 """
 
@@ -35,10 +36,10 @@ def _cdf(z: torch.Tensor, shape: str) -> torch.Tensor:
     return torch.atan2(torch.ones_like(z), -z) / torch.pi  # 1/2 + atan(z)/pi, tail-exact
 
 
-def log_snr_timestep_probs(log_sigma: np.ndarray, mu: float, scale: float,
-                           shape: str) -> torch.Tensor:
+def log_snr_timestep_probs(log_sigma: np.ndarray, mu: float, scale: float, shape: str, *,
+                           flow: bool = False) -> torch.Tensor:
     """P(index) = P(lambda in its cell), lambda = -2 ln sigma, for a symmetric law around mu."""
-    lower, upper = cell_bounds(log_sigma)
+    lower, upper = cell_bounds(log_sigma, flow=flow)
     za, zb = (-2.0 * upper - mu) / scale, (-2.0 * lower - mu) / scale  # za < zb in lambda
     right = za > 0  # above mu: the mass from the upper tail, S(za) - S(zb), S(z) = F(-z)
     p = torch.where(right, _cdf(-za, shape) - _cdf(-zb, shape), _cdf(zb, shape) - _cdf(za, shape))
@@ -55,4 +56,5 @@ class LaplaceSampler(FixedDistributionSampler):
 
     def probs_at(self, progress: float) -> torch.Tensor:
         p = self.params
-        return log_snr_timestep_probs(np.log(self.schedule.sigma), p.mu, p.scale, p.shape)
+        return log_snr_timestep_probs(np.log(self.schedule.sigma), p.mu, p.scale, p.shape,
+                                      flow=self.schedule.process == "flow")

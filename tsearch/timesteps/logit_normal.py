@@ -30,4 +30,5 @@ class LogitNormalSampler(FixedDistributionSampler):
     unbiased = False
 
     def probs_at(self, progress: float) -> torch.Tensor:
-        return lognormal_timestep_probs(np.log(self.schedule.sigma), self.params.m, self.params.s)
+        return lognormal_timestep_probs(np.log(self.schedule.sigma), self.params.m, self.params.s,
+                                        flow=self.schedule.process == "flow")

@@ -4,7 +4,8 @@ docs/algorithms.md 4.3 (``NVlabs/edm`` ``training/loss.py:EDMLoss``): ln sigma ~
 with P_mean = -1.2, P_std = 1.2, and sigma_t = sqrt((1 - abar_t) / abar_t). A continuous sigma
 goes to the timestep nearest in log sigma, so p(t) is exact: the Gaussian mass of t's cell,
 whose boundaries are the midpoints between consecutive log sigma_t (the end cells are open, i.e.
-sigma outside [sigma_0, sigma_{T-1}] clips to the ends). Not unbiased: the point is to change
+sigma outside [sigma_0, sigma_{T-1}] clips to the ends); under flow matching the cells are those
+training draws t from, [i/T, (i+1)/T) (``_cells.cell_bounds``). Not unbiased: the point is to change
 the objective (weights are ones; EDM's lambda(sigma) belongs to the x0-preconditioned loss).
 """
 
@@ -35,4 +36,5 @@ class LogNormalSampler(FixedDistributionSampler):
         if not np.all(np.diff(log_sigma) > 0):
             raise ValueError(f"lognormal: sigma_t of schedule {self.schedule.name!r} is not "
                              "strictly increasing in t")
-        return lognormal_timestep_probs(log_sigma, self.params.p_mean, self.params.p_std)
+        return lognormal_timestep_probs(log_sigma, self.params.p_mean, self.params.p_std,
+                                        flow=self.schedule.process == "flow")

@@ -4,7 +4,8 @@ docs/algorithms.md 6.2 (Esser et al. 2024): u ~ U(0, 1), t = f(u; s) = 1 - u - s
 - 1 + u) in rectified-flow time (t = 1 is noise), default s = 1.29. f is strictly decreasing
 on [0, 1] for -1 <= s <= 2 / (pi - 2), the range SD3 gives, so P(t <= tau) = 1 - f^-1(tau).
 The noise level of rectified-flow time t is ln sigma = logit(t); each timestep gets the mass of
-its cell in log sigma (the one ``lognormal`` uses), so p(t) is exact. s = 0 is uniform in t;
+its cell in log sigma (the one ``lognormal`` uses; under flow matching the cell [i/T, (i+1)/T)
+of t that training draws from), so p(t) is exact. s = 0 is uniform in t;
 s > 0 puts more mass in the middle of t, s < 0 at its ends.
 """
 
@@ -42,9 +43,12 @@ def mode_inverse(t: torch.Tensor, s: float, iterations: int = 60) -> torch.Tenso
     return 0.5 * (lo + hi)
 
 
-def mode_timestep_probs(log_sigma: np.ndarray, s: float) -> torch.Tensor:
-    """P(index) = P(logit(t) in its log-sigma cell): f^-1(sigmoid(lower)) - f^-1(sigmoid(upper))."""
-    lower, upper = cell_bounds(log_sigma)
+def mode_timestep_probs(log_sigma: np.ndarray, s: float, *, flow: bool = False) -> torch.Tensor:
+    """P(index) = P(logit(t) in its log-sigma cell): f^-1(sigmoid(lower)) - f^-1(sigmoid(upper)).
+
+    ``flow``: the cell is [i/T, (i+1)/T) of t itself, f^-1(i/T) - f^-1((i+1)/T).
+    """
+    lower, upper = cell_bounds(log_sigma, flow=flow)
     p = mode_inverse(torch.sigmoid(lower), s) - mode_inverse(torch.sigmoid(upper), s)
     p = p.clamp_min(0.0)
     return p / p.sum()
@@ -58,4 +62,5 @@ class ModeSampler(FixedDistributionSampler):
     unbiased = False
 
     def probs_at(self, progress: float) -> torch.Tensor:
-        return mode_timestep_probs(np.log(self.schedule.sigma), self.params.s)
+        return mode_timestep_probs(np.log(self.schedule.sigma), self.params.s,
+                                   flow=self.schedule.process == "flow")

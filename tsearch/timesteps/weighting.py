@@ -69,12 +69,14 @@ class MinSNRParams(Params):
 
 
 class MinSNRWeighting(LossWeighting):
-    """Min-SNR-gamma (Hang et al. 2023; docs/algorithms.md 4.2), by prediction target.
+    """Min-SNR-gamma (Hang et al. 2023; docs/algorithms.md 4.2): min(SNR, g) on the x0-MSE.
 
     Code: ``TiankaiHang/Min-SNR-Diffusion-Training`` ``guided_diffusion/gaussian_diffusion.py``.
-    eps: min(SNR, g) / SNR; x0: min(SNR, g); v: min(SNR, g) / (SNR + 1) (the original
-    ``vmin_snr`` form, not diffusers' newer min(SNR+1, g)/(SNR+1)). w = 1 where SNR = 0.
-    Not SpeeD's variant, which is 5 / (SNR + 1) by an indexing slip (docs/algorithms.md 2.5).
+    On the loss being trained (``NoiseSchedule.eps_mse_ratio``): eps min(SNR, g) / SNR; x0
+    min(SNR, g); v min(SNR, g) / (SNR + 1) (the original ``vmin_snr`` form, not diffusers'
+    newer min(SNR+1, g)/(SNR+1)); flow min(SNR, g) t^2, the v form times (1 - t)^2 + t^2, as
+    the velocity loss is the VP v-MSE divided by that. w = 1 where SNR = 0. Not SpeeD's
+    variant, which is 5 / (SNR + 1) by an indexing slip (docs/algorithms.md 2.5).
     """
 
     name = "min_snr"
@@ -82,15 +84,8 @@ class MinSNRWeighting(LossWeighting):
 
     def table(self) -> np.ndarray:
         snr = self.schedule.snr
-        clamped = np.minimum(snr, self.params.gamma)
-        if self.prediction == "eps":
-            w = clamped / np.where(snr > 0, snr, 1.0)
-        elif self.prediction == "x0":
-            w = clamped
-        elif self.prediction == "v":
-            w = clamped / (snr + 1.0)
-        else:
-            raise ValueError(f"min_snr: unknown prediction {self.prediction!r}; eps, x0 or v")
+        on_eps = np.minimum(snr, self.params.gamma) / np.where(snr > 0, snr, 1.0)
+        w = on_eps * self.schedule.eps_mse_ratio(self.prediction)
         return np.where(snr > 0, w, 1.0)
 
 
@@ -152,22 +147,16 @@ class DebiasWeighting(LossWeighting):
     """w_t = 1 / sqrt(SNR_t) on the eps-MSE (Yu et al. 2023; docs/algorithms.md 6.5).
 
     That is sigma_t = sqrt((1 - abar_t) / abar_t): 0.010 at t = 0 and 157 at t = 999 (linear),
-    so noisy timesteps dominate. v-prediction: 1 / sqrt(SNR + 1) = sqrt(1 - abar_t)
-    [UNVERIFIED form]; x0-prediction: sqrt(SNR), the eps weight times SNR (the x0 error is the
-    eps error divided by sqrt(SNR)), as Min-SNR's x0 form is.
+    so noisy timesteps dominate. The paper derives it for eps-prediction; its code
+    (``yuhuUSTC/Debias`` ``gaussian_diffusion.py``) multiplies 1 / sqrt(SNR) into whichever
+    target's MSE, under a "noise-prediction" comment. Here other targets get the eps objective
+    through the MSE identities (``NoiseSchedule.eps_mse_ratio``): x0 sqrt(SNR), v sqrt(SNR) /
+    (SNR + 1), flow t (1 - t).
     """
 
     name = "debias"
     Params = DebiasParams
 
     def table(self) -> np.ndarray:
-        snr = self.schedule.snr
-        if self.prediction == "eps":
-            w = 1.0 / np.sqrt(snr)
-        elif self.prediction == "x0":
-            w = np.sqrt(snr)
-        elif self.prediction == "v":
-            w = 1.0 / np.sqrt(snr + 1.0)
-        else:
-            raise ValueError(f"debias: unknown prediction {self.prediction!r}; eps, x0 or v")
+        w = self.schedule.eps_mse_ratio(self.prediction) / np.sqrt(self.schedule.snr)
         return w / w.mean() if self.params.normalize else w
