@@ -51,7 +51,7 @@ from tsearch.timesteps.base import (
 
 # The stable preset (docs/algorithms.md 1.10): the smallest set of switches with no collapse
 # under noise-only rewards that still follows a signal (benchmarks/adaptive_stability.py).
-STABLE: dict[str, Any] = {"concentration_floor": 1.0, "max_tv_step": 0.05, "skip_frozen": True}
+STABLE: dict[str, Any] = {"max_tv_step": 0.05, "skip_frozen": True}
 
 
 class AdaptiveParams(Params):
@@ -129,6 +129,7 @@ class AdaptiveSampler(TimestepSampler):
         self.updates = 0
         self.skipped = 0  # probes whose update skip_frozen dropped
         self.trust_scale = 1.0  # the last update's step after the trust region
+        self.last_p_t: np.ndarray | None = None
         self._stats: dict[str, float] = {}
         self._recent: list[tuple[float, float, float]] = []  # (tv_step, reward mean, std)
 
@@ -261,6 +262,7 @@ class AdaptiveSampler(TimestepSampler):
         after = self._p_t(*self._no_grad(policy, x0))
         if old is not None:
             after = self._trust_region(policy, x0, old, before, after)
+        self.last_p_t = after  # p(t) on these images after the update (for the benchmark)
         # How far this update moved p(t) on these images, and how far p(t) is from uniform.
         self._recent.append((_tv(after, before), float(reward.mean()),
                              float(reward.std()) if len(reward) > 1 else 0.0))
