@@ -41,11 +41,14 @@ def f_regression_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def select_features(queue: torch.Tensor, k: int) -> torch.Tensor:
     """Column indices of the k best F scores of the queue rows against their sums.
 
-    All-zero rows (e.g. never filled) are dropped first, as the reference code does.
+    All-zero rows (e.g. never filled) are dropped first, as the reference code does. Ties go
+    to the later columns, as sklearn's ``SelectKBest`` breaks them (a stable ascending sort,
+    the last k): with two rows every F is 0 and S becomes the last k timesteps, {997, 998, 999}.
     """
     rows = queue[(queue != 0).any(dim=1)]
     scores = f_regression_scores(rows, rows.sum(dim=1))
-    return torch.topk(scores, min(k, scores.numel())).indices.sort().values
+    k = min(k, scores.numel())
+    return torch.argsort(scores, stable=True)[scores.numel() - k:].sort().values
 
 
 class _BetaHead(nn.Module):
