@@ -152,3 +152,53 @@ def test_the_stable_preset_sets_its_switches_and_an_explicit_key_wins():
     assert (ref.concentration_floor, ref.uniform_mix, ref.lr_warmup, ref.max_tv_step,
             ref.skip_frozen) == (1e-5, 0.0, 0, None, False)
     assert math.isclose(ref.init_bias, 0.5)  # the paper's code
+
+
+@pytest.mark.slow
+def test_a_collapsed_p_t_is_warned_once_and_tagged_with_its_kimg(tmp_path, tsearch_lines):
+    """By construction: Beta(1e-5, 1e-5) at init puts half of p(t) on t = 0 and half on
+    t = T - 1 (entropy ln 2 < 1 nat) from the first log interval on, at every interval."""
+    from conftest import SMOKE
+    from mlflow.tracking import MlflowClient
+
+    from tsearch import names
+    from tsearch.timesteps import load_config
+    from tsearch.tracking import build_tracker
+    from tsearch.train import train
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [f"train.out_dir={tmp_path}/runs", f"eval.cache_dir={tmp_path}/c",
+                 f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts",
+                 "timesteps.sampler.name=adaptive", "timesteps.sampler.params.init_bias=-40",
+                 "timesteps.sampler.params.update_every=5",
+                 "timesteps.sampler.params.scan_stride=50", "eval.every_kimg=0.2"]
+    cfg = load_config(SMOKE, [*overrides, "train.total_kimg=0.2"])
+    result = train(cfg, tracker=build_tracker(cfg.tracking), evaluate=False)
+    warned = [line for line in tsearch_lines if "p(t) collapsed" in line]
+    # The first log interval: log_every_kimg 0.1 at batch 32 is 4 steps, 0.128 kimg.
+    assert len(warned) == 1 and "0.13 kimg" in warned[0]
+    run = MlflowClient(uri).get_run(result.run_id)
+    assert run.data.tags[names.TAG_PT_COLLAPSED] == "0.13"
+    # Resumed to a longer budget: the run already collapsed, so no second warning.
+    longer = load_config(SMOKE, [*overrides, "train.total_kimg=0.4"])
+    again = train(longer, tracker=build_tracker(longer.tracking, run_id=result.run_id),
+                  run_dir=result.run_dir, resume=True, evaluate=False)
+    assert again.steps > result.steps  # it trained on, still collapsed, at more intervals
+    assert sum("p(t) collapsed" in line for line in tsearch_lines) == 1
+    assert MlflowClient(uri).get_run(result.run_id).data.tags[names.TAG_PT_COLLAPSED] == "0.13"
+
+
+def test_runs_show_and_the_report_mark_a_collapsed_trial():
+    from tsearch import names
+    from tsearch.cli.runs import _collapse_mark
+    from tsearch.records import TrialRecord, trial_views
+
+    tagged = TrialRecord(trial_id="a", tags={names.TAG_PT_COLLAPSED: "3.2"}, fid=[(4000, 90.0)])
+    plain = TrialRecord(trial_id="b", fid=[(4000, 80.0)])
+    views = {v.trial_id: v for v in trial_views([tagged, plain])}
+    assert views["a"].pt_collapsed_kimg == 3.2 and views["b"].pt_collapsed_kimg is None
+    assert _collapse_mark(views["a"]) == "  [p(t) collapsed at 3.2 kimg]"
+    assert _collapse_mark(views["b"]) == ""
+    assert names.collapse_problem({"sampler/entropy": 0.9}).startswith("entropy 0.90")
+    assert names.collapse_problem({"sampler/entropy": 3.0, "sampler/tv_uniform": 0.95})
+    assert names.collapse_problem({"sampler/entropy": 3.0, "sampler/tv_uniform": 0.5}) is None

@@ -85,6 +85,7 @@ TAG_WORKER_PID = "tsearch.worker_pid"  # the trial's process (search.reuse_actor
 TAG_RUN_DIR = "tsearch.run_dir"
 TAG_SAMPLER = "tsearch.sampler"
 TAG_WEIGHTING = "tsearch.weighting"
+TAG_PT_COLLAPSED = "tsearch.pt_collapsed"  # on a run: kimg at which its learned p(t) collapsed
 TAG_EVAL_BACKEND = "tsearch.fid_extractor"  # which extractor (and weights) scored the run
 TAG_BEST_TRIAL_RUN = "tsearch.best_trial_run"
 TAG_BEST_FID = "tsearch.best_fid"
@@ -217,3 +218,21 @@ def mask_uri(uri: str, *, strip: bool = False) -> str:
     user, sep, _ = match.group(2).partition(":")
     shown = "" if strip else (f"{user}:***@" if sep else "***@")
     return f"{match.group(1)}{shown}{uri[match.end():]}"
+
+
+# --- When a learned p(t) has collapsed (TAG_PT_COLLAPSED) -----------------------------------
+COLLAPSE_ENTROPY = 1.0  # nats: p(t) on about e = 2.7 timesteps (uniform over 1000: 6.9)
+COLLAPSE_TV = 0.9  # total variation from uniform
+
+
+def collapse_problem(metrics: dict[str, float]) -> str | None:
+    """Why a learned p(t) counts as collapsed, from its logged sampler metrics; None if not.
+
+    Training then sees a few timesteps only (docs/algorithms.md 1.9); either threshold alone is
+    enough, since a p(t) can sit on a narrow band (low entropy) or far from uniform (high TV)."""
+    ent, tv = metrics.get("sampler/entropy"), metrics.get("sampler/tv_uniform")
+    if ent is not None and ent < COLLAPSE_ENTROPY:
+        return f"entropy {ent:.2f} nats < {COLLAPSE_ENTROPY:g}"
+    if tv is not None and tv > COLLAPSE_TV:
+        return f"TV from uniform {tv:.3f} > {COLLAPSE_TV:g}"
+    return None

@@ -75,6 +75,15 @@ class TrialRecord:
         return [(images / 1000, fid) for images, fid in self.fid]
 
     @property
+    def pt_collapsed_kimg(self) -> float | None:
+        """Where its learned p(t) collapsed (the trainer's tag), None if it never did."""
+        tagged = self.tags.get(names.TAG_PT_COLLAPSED)
+        try:
+            return float(tagged) if tagged else None
+        except ValueError:  # a tag edited by hand
+            return None
+
+    @property
     def failed(self) -> bool:
         return self.status in FAILED
 
@@ -130,6 +139,7 @@ class TrialView:
     label: str  # the values as run names spell them (tsearch.labels)
     eval_share: float | None = None  # of the trial's wall time, at its last evaluation
     overhead_share: float | None = None
+    pt_collapsed_kimg: float | None = None  # its learned p(t) collapsed here (None: never)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +164,8 @@ def trial_views(records: list[TrialRecord]) -> list[TrialView]:
                                     str(r.config.get(labels.SAMPLER_KEY, labels.DEFAULT_SAMPLER)),
                                     keys),
             eval_share=_finite(m.get(names.PERF_EVAL_SHARE)),
-            overhead_share=_finite(m.get(names.PERF_OVERHEAD_SHARE))))
+            overhead_share=_finite(m.get(names.PERF_OVERHEAD_SHARE)),
+            pt_collapsed_kimg=r.pt_collapsed_kimg))
     order = (names.PHASE_SEARCH, names.PHASE_CONFIRM)
     return sorted(out, key=lambda t: (order.index(t.phase) if t.phase in order else len(order),
                                       t.best_fid if t.best_fid is not None else math.inf))

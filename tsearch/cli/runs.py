@@ -96,7 +96,7 @@ def runs_show(
                    f"{end if len(end) <= 34 else end[:33] + '…':<34} {_num(t.kimg, 'g'):>6} "
                    f"{_num(t.best_fid, '.2f'):>8} {_num(t.last_fid, '.2f'):>8} "
                    f"{_num(t.probe_forwards, '.3g'):>7}  {_time_shares(t):<20} {t.run_id:<32}  "
-                   f"{t.label}")
+                   f"{t.label}" + _collapse_mark(t))
     confirmed = parent.tags.get(names.TAG_CONFIRMED)
     if confirmed:
         speed = parent.tags.get(names.TAG_CONFIRM_SPEEDUP)
@@ -106,6 +106,12 @@ def runs_show(
                    + (f"; {verdict}" if verdict else ""))
     typer.echo(f"artifacts: {names.mask_uri(parent.artifact_uri)}/  (trials.csv, fid_vs_kimg.png, "
                "best_trials_p_t.png, best_config.yaml)")
+
+
+def _collapse_mark(t) -> str:
+    """Beside a trial whose learned p(t) collapsed: its FID is that of a few timesteps."""
+    kimg = t.pt_collapsed_kimg
+    return "" if kimg is None else f"  [p(t) collapsed at {kimg:g} kimg]"
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -285,6 +285,13 @@ def build_report(
         block = Block(schedule=schedule,
                       columns=_column_labels([float(np.mean(k)) for k in kimg_cols]),
                       column_ranges=[(min(k), max(k)) for k in kimg_cols], rows=rows)
+        collapsed = [f"{row.label} at {t.pt_collapsed_kimg:g} kimg" for row in rows
+                     for t in row.trials if t.pt_collapsed_kimg is not None]
+        if collapsed:
+            block.notes.append(
+                f"learned p(t) collapsed (entropy < {names.COLLAPSE_ENTROPY:g} nat or TV from "
+                f"uniform > {names.COLLAPSE_TV:g}; those runs trained on a few timesteps): "
+                + "; ".join(collapsed))
         running = sum(t.status == "RUNNING" for row in rows for t in row.trials)
         if running:
             block.notes.append(f"{running} trial(s) of this block are still running: their "

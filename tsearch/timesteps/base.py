@@ -165,6 +165,7 @@ class TimestepSampler(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = NoParams
     unbiased: ClassVar[bool] = False
+    learned: ClassVar[bool] = False  # p(t) is learned in training: the trainer watches collapse
     # The loss weighting this sampler's paper trains with (a WEIGHTINGS name): a search seeded
     # with every method's defaults (search.seed_with_defaults) pairs them so.
     paper_weighting: ClassVar[str] = "none"

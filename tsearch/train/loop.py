@@ -310,6 +310,8 @@ def _log_interval(st: TrainState, stats: LossStats, ostate: OptimState,
         names.TRAIN_FORWARDS: 3.0 * st.images_seen, names.IMAGES_PER_S: stats.images_per_s(),
     })
     recorder.record(metrics, st.images_seen, step=st.step)
+    if st.sampler.learned:
+        recorder.check_collapse(metrics, st.kimg)
     stats.reset()
     return metrics
 

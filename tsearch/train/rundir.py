@@ -20,6 +20,7 @@ import numpy as np
 from tsearch import names
 from tsearch.config import Config, save_resolved
 from tsearch.errors import CheckpointError, ConfigError
+from tsearch.log import get_logger
 from tsearch.tracker import Tracker
 from tsearch.train.state import TrainState
 
@@ -112,7 +113,11 @@ class RunRecorder:
         # without one, from the start): records already in metrics.jsonl (and in the tracker)
         # are not written twice.
         _drop_partial_line(self.dir.metrics)
-        self._recorded = _recorded_keys(self.dir.metrics)
+        records = _records(self.dir.metrics)
+        self._recorded = {(seen, tuple(sorted(k for k in r if k != "step")))
+                          for seen, r in records}
+        # Warned and tagged once per run, a resumed one included.
+        self._collapsed = any(names.collapse_problem(r) for _, r in records)
 
     def start(self, n_params: int, device: str, resumed: bool) -> None:
         if not resumed:
@@ -134,6 +139,18 @@ class RunRecorder:
         self.tracker.log_metrics(metrics, step=images_seen)
         with self.dir.metrics.open("a") as f:
             f.write(json.dumps({"images_seen": images_seen, **fields, **metrics}) + "\n")
+
+    def check_collapse(self, metrics: dict[str, float], kimg: float) -> None:
+        """A learned p(t) that collapsed gets one warning and a tag with the kimg, so that a
+        run training on a few timesteps is not mistaken for a sampler that lost fairly."""
+        why = None if self._collapsed else names.collapse_problem(metrics)
+        if why is None:
+            return
+        self._collapsed = True
+        warn(f"the learned p(t) collapsed at {kimg:.2f} kimg ({why}): training now sees only a "
+             "few timesteps; the stable form (timesteps.sampler.params.preset: stable) bounds "
+             "how far one policy update moves p(t) (docs/algorithms.md 1.10)")
+        self.tracker.set_tags({names.TAG_PT_COLLAPSED: f"{kimg:.2f}"})
 
     def snapshot_pt(self, state: TrainState) -> None:
         """The sampler's p(t) now, as an array artifact and in timesteps.npz."""
@@ -163,6 +180,8 @@ class RunRecorder:
         for path in drawn:
             self.tracker.log_artifact(path, names.ARTIFACT_PLOTS)
 
+
+warn = get_logger(__name__).warning
 
 PlotRows = tuple[Sequence[float], Sequence[Any]]  # (kimg of each snapshot, its row over t)
 
@@ -245,21 +264,20 @@ def _recorded_fids(path: Path) -> list[tuple[float, float]]:
     return [(seen / 1000, fid) for seen, fid in sorted(fids.items())]
 
 
-def _recorded_keys(path: Path) -> set[tuple[int, tuple[str, ...]]]:
-    """(images_seen, metric names) of each complete record in a metrics.jsonl."""
-    keys: set[tuple[int, tuple[str, ...]]] = set()
+def _records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(images_seen, the rest) of each complete record in a metrics.jsonl."""
+    out: list[tuple[int, dict[str, Any]]] = []
     if not path.is_file():
-        return keys
+        return out
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash
             continue
         seen = record.pop("images_seen", None)
-        record.pop("step", None)
         if isinstance(seen, int):
-            keys.add((seen, tuple(sorted(record))))
-    return keys
+            out.append((seen, record))
+    return out
 
 
 def _drop_partial_line(path: Path) -> None:
