@@ -8,7 +8,9 @@ a synthetic per-image reward of the size measured in real runs (docs/algorithms.
 - ``noise``: N(0.02, 0.4^2) per image, nothing to learn; or
 - ``signal``: the same noise plus 0.4 (one noise sd) when the drawn u lies in [0.2, 0.4].
 
-Per setting, 20 seeds x 64 updates (the first 8 are an 8-update run: at 20 kimg a run gets 8).
+Per setting, 20 seeds x 64 updates, read after 8, 32 and 64 (the first k updates of a run are a
+k-update run): a 20-kimg run here has 312 steps, so 8 updates at ``update_every`` 40 (the
+paper's), 32 at 10, 64 at 5.
 Reported: the seeds whose p(t) entropy (nats; uniform is ln 1000 = 6.9) fell below 1 at any
 update (of the policy's Beta alone, so that a uniform mixture cannot hide a collapsed policy),
 and for ``signal`` the mass p(t) moved into the rewarded region (a lower bound on the TV moved
@@ -42,6 +44,7 @@ from tsearch.timesteps.adaptive_policy import discretised_beta  # noqa: E402
 from tsearch.timesteps.base import StepContext  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
+    "preset stable": {"preset": "stable"},  # trust 0.05 (skip_frozen: no effect here)
     "reference": {},
     "lr 1e-3": {"lr": 1e-3},
     "floor 1": {"concentration_floor": 1.0},
@@ -49,7 +52,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "warm-up 8": {"lr_warmup": 8},
     "trust 0.02": {"max_tv_step": 0.02},
     "floor 1 + trust 0.05": {"concentration_floor": 1.0, "max_tv_step": 0.05},
-    "preset stable": {"preset": "stable"},  # trust 0.05 (skip_frozen: no effect here)
 }
 NOISE_MEAN, NOISE_SD, SIGNAL = 0.02, 0.4, 0.4
 REGION = (0.2, 0.4)  # of u = t / (T - 1)
@@ -112,7 +114,8 @@ def main() -> None:
     torch.set_num_threads(1)
     images = load_images(DataConfig(name="digits"), "train")
     start_mass = region_mass(discretised_beta(np.array([1.0]), np.array([1.0]), 1000))
-    checkpoints = sorted({min(8, args.updates), args.updates})
+    # 8: a 20-kimg run at update_every 40; 32: at 10 (the stable preset); 64: at 5
+    checkpoints = sorted({min(k, args.updates) for k in (8, 32)} | {args.updates})
     out: dict[str, Any] = {"benchmark": "adaptive_stability", "seeds": args.seeds,
                            "noise": {"mean": NOISE_MEAN, "sd": NOISE_SD},
                            "signal": {"bonus": SIGNAL, "region_u": REGION},

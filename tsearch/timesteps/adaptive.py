@@ -51,7 +51,10 @@ from tsearch.timesteps.base import (
 
 # The stable preset (docs/algorithms.md 1.10): the smallest set of switches with no collapse
 # under noise-only rewards that still follows a signal (benchmarks/adaptive_stability.py).
-STABLE: dict[str, Any] = {"max_tv_step": 0.05, "skip_frozen": True}
+# update_every 10 with scan_stride 10 spends the paper's probe compute per image (40, full scan)
+# on 4x the updates: 31 in a 20-kimg run here instead of 8.
+STABLE: dict[str, Any] = {"max_tv_step": 0.05, "skip_frozen": True, "update_every": 10,
+                          "scan_stride": 10}
 
 
 class AdaptiveParams(Params):
@@ -285,15 +288,19 @@ class AdaptiveSampler(TimestepSampler):
 
     def _trust_region(self, policy: nn.Module, x0: torch.Tensor, old: list[torch.Tensor],
                       before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Halve the update's step until it moves p(t) on these images by at most
-        ``max_tv_step`` in total variation (a line search back toward the old weights)."""
+        """Shrink the update's step until it moves p(t) on these images by at most
+        ``max_tv_step`` in total variation (a line search back toward the old weights).
+
+        TV grows about linearly with a small step, so each try scales by limit / TV (at most
+        halving): one or two tries, where halving alone takes up to eight."""
         limit = float(self.params.max_tv_step)
         new = [w.detach().clone() for w in policy.parameters()]
         scale = 1.0
-        for _ in range(30):  # 2^-30 of an Adam step: the old weights to float precision
-            if _tv(after, before) <= limit:
+        for _ in range(30):  # at most 2^-30 of an Adam step: the old weights to float precision
+            tv = _tv(after, before)
+            if tv <= limit:
                 break
-            scale *= 0.5
+            scale *= min(0.5, 0.9 * limit / tv)
             with torch.no_grad():
                 for w, w0, w1 in zip(policy.parameters(), old, new, strict=True):
                     w.copy_(w0 + scale * (w1 - w0))
