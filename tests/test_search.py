@@ -365,6 +365,7 @@ def test_random_search_draws_the_seeded_sequence(tmp_path):
     ("quickstart", 12, "timesteps.sampler.name: choice"),
     ("replicate-digits", 45, "method: bundle uniform: timesteps.sampler.name=uniform"),
     ("replicate-adaptive", 33, "adaptive+bonus: timesteps.sampler.name=adaptive"),
+    ("replicate-adaptive-stable", 18, "timesteps.sampler.params.preset=stable"),
     ("replicate-modern", 18, "uniform+uncertainty: timesteps.sampler.name=uniform"),
     ("replicate-flow", 21, "mode: timesteps.sampler.name=mode"),
     ("quickstart-flow", 12, "timesteps.sampler.name: choice"),
