@@ -102,8 +102,8 @@ class AdaptiveParams(Params):
                 "true, entropy_form: bonus, scan_stride: 10)")
         if data.get("preset") == "stable":
             data = {**STABLE, **data}
-        floor = float(data.get("concentration_floor", REFERENCE_FLOOR))
-        if floor >= 0.5 and "init_bias" not in data:
+        floor = data.get("concentration_floor", REFERENCE_FLOOR)
+        if isinstance(floor, int | float) and 0.5 <= floor <= 100 and "init_bias" not in data:
             # Near-uniform at init whatever the floor: softplus(b) + floor ~ 1 (+0.02).
             data = {**data, "init_bias": math.log(math.expm1(max(1.0 - floor, 0.02)))}
         return data
