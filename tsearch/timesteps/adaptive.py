@@ -16,7 +16,10 @@ L = -mean[log pi (r + c H)], the full-T scan.
 Each deviation is a separate, searchable switch recorded with the run: ``common_noise`` (same
 noise before and after: common random numbers), ``entropy_form: bonus`` (a detached entropy
 bonus, L = -mean[log pi r] - c mean H, about 300x stronger near uniform), ``baseline``,
-``normalize_reward``, ``policy: unconditional``, and ``scan_stride`` > 1 (a cheaper scan).
+``normalize_reward``, ``policy: unconditional``, and ``scan_stride`` > 1 (a cheaper scan); and
+the stabilisation switches against the policy's collapse at small scale (docs/algorithms.md
+1.9-1.10), ``concentration_floor``, ``uniform_mix``, ``lr_warmup``, ``max_tv_step`` and
+``skip_frozen``, with ``preset: stable`` combining them.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ from tsearch.timesteps.base import (
     entropy,
 )
 
-# The stable preset (docs/algorithms.md 1.10): the smallest set of switches with no collapse
-# under noise-only rewards that still follows a signal (benchmarks/adaptive_stability.py).
+# The stable preset (docs/algorithms.md 1.10): a trust region on p(t), which removed every
+# collapse under noise-only rewards and still followed a signal (benchmarks/adaptive_stability.py;
+# lr 1e-3 alone passes that benchmark too, docs/results.md), and no update from a frozen model.
 # update_every 10 with scan_stride 10 spends the paper's probe compute per image (40, full scan)
 # on 4x the updates: 31 in a 20-kimg run here instead of 8.
 STABLE: dict[str, Any] = {"max_tv_step": 0.05, "skip_frozen": True, "update_every": 10,
