@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ray.tune import Callback
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -121,7 +119,7 @@ def replay_search(cfg: Config, surrogate: Surrogate, *, seed: int, num_samples: 
     s = cfg.search
     trainable = tune.with_parameters(replay_trainable, surrogate=surrogate, metric=s.metric,
                                      base_seed=cfg.train.seed)
-    recorder = _Recorder(s.metric)
+    recorder = _recorder(s.metric)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
         param_space=proposal.param_space,
@@ -137,25 +135,30 @@ def replay_search(cfg: Config, surrogate: Surrogate, *, seed: int, num_samples: 
     return recorder.events, recorder.trials
 
 
-class _Recorder(Callback):
-    """Every result in the order the driver (and so the searcher and ASHA) saw it.
+def _recorder(metric: str) -> Any:
+    """A Tune callback with every result in the order the driver (and so the searcher and ASHA)
+    saw it: ``.events`` as ``(time, trial, kimg, fid)`` and ``.trials`` (searched values).
 
     Tune's own ``timestamp`` counts whole seconds, and a replayed trial lives a fraction of
     one, so ordering by it would tie most of a search's reports and the budget prefixes of
-    ``benchmarks/search_study.py`` would cut at arbitrary places."""
+    ``benchmarks/search_study.py`` would cut at arbitrary places. Built here, not at import:
+    importing Ray before ``init_ray`` has set its environment gets the driver refused."""
+    from ray.tune import Callback
 
-    def __init__(self, metric: str):
-        self.metric = metric
-        self.events: list[tuple[float, str, float, float]] = []
-        self.trials: dict[str, dict[str, Any]] = {}
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.events: list[tuple[float, str, float, float]] = []
+            self.trials: dict[str, dict[str, Any]] = {}
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        if self.metric not in result:
-            return
-        self.trials.setdefault(trial.trial_id, flat_config(trial.config))
-        self.events.append((time.perf_counter(), trial.trial_id,
-                            float(result[names.TIME_ATTR]), float(result[self.metric])))
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            if metric not in result:
+                return
+            self.trials.setdefault(trial.trial_id, flat_config(trial.config))
+            self.events.append((time.perf_counter(), trial.trial_id,
+                                float(result[names.TIME_ATTR]), float(result[metric])))
+
+    return Recorder()
 
 
 def charged_kimg(events: Sequence[tuple[float, str, float, float]]) -> float:
