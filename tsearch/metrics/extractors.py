@@ -25,6 +25,7 @@ from tsearch.data import load_images, load_labels, resolved_channels
 from tsearch.data.datasets import convert_channels, resize
 from tsearch.errors import DataError
 from tsearch.metrics._cache import atomic_write, load_or_build, short_hash, state_dict_fingerprint
+from tsearch.metrics.inception_fetch import URL_ENV, download_allowed, fetch_weights
 from tsearch.metrics.inception_package import load_package_state, package_weights_path
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -334,12 +335,15 @@ class _Pool3(nn.Module):
 
 
 def inception_weights_path(eval_cfg: EvalConfig) -> Path | None:
-    """``eval.inception_weights``, else $TSEARCH_INCEPTION_WEIGHTS, else None (the package's).
+    """``eval.inception_weights``, else $TSEARCH_INCEPTION_WEIGHTS, else the allowed download,
+    else None (the package's).
 
     DataError if a path is given but is not a file.
     """
     given = eval_cfg.inception_weights or os.environ.get(INCEPTION_ENV)
     if not given:
+        if download_allowed(eval_cfg.inception_download):
+            return fetch_weights(os.environ.get(URL_ENV) or INCEPTION_URL, eval_cfg.cache_dir)
         return None
     path = Path(given).expanduser()
     if not path.is_file():
