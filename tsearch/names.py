@@ -135,6 +135,8 @@ def strip_prefix(params: dict[str, str], prefix: str) -> dict[str, str]:
 ARTIFACT_CONFIG = "config.json"
 ARTIFACT_SEARCH_CONFIG = "search_config.json"
 ARTIFACT_PLOTS = "plots"
+ARTIFACT_SAMPLES = "samples"  # a grid of generated images per evaluation
+GRID_IMAGES = 64  # images per grid: the first per-image seeds, so every grid shares latents
 ARTIFACT_FAILURE = "failure.txt"
 ARTIFACT_BEST_CONFIG = "best_config.yaml"  # the search phase's best trial (unconfirmed)
 ARTIFACT_CONFIRMED_CONFIG = "confirmed_config.yaml"  # the confirmed winner
@@ -174,6 +176,11 @@ class RunDir:
     heatmap = property(lambda self: self.path / "p_t_heatmap.png")
     weight_heatmap = property(lambda self: self.path / "w_t_heatmap.png")  # learned weighting
     fid_curve = property(lambda self: self.path / "fid_curve.png")
+    samples = property(lambda self: self.path / "samples")  # grid-kimg00020.000.png, ...
+
+    def grid(self, kimg: float) -> Path:
+        """The sample grid of the evaluation at ``kimg`` (names sort by training progress)."""
+        return self.samples / f"grid-kimg{kimg:09.3f}.png"
 
 
 TRIAL_RUN_SUBDIR = "run"  # a trial's RunDir inside its Ray trial directory

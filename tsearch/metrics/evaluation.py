@@ -52,6 +52,9 @@ class Evaluation(ABC):
         self.eval_cfg = eval_cfg
         self.data_cfg = data_cfg
         self.setting = setting
+        # Generated images of the last call, if it made any (first per-image seeds first): the
+        # run's sample grid is cut from them, so a grid costs no extra generation.
+        self.last_images: torch.Tensor | None = None
 
     def prepare(self) -> None:  # noqa: B027 (optional hook)
         """Build what every call needs (cached across runs where possible)."""
@@ -96,6 +99,10 @@ class Evaluations:
         for entry in self.entries:
             out.update(entry(model, schedule, seed))
         return out
+
+    def last_images(self) -> torch.Tensor | None:
+        """The first entry's generated images of the last call (None if no entry generates)."""
+        return next((e.last_images for e in self.entries if e.last_images is not None), None)
 
     def headline(self, metrics: dict[str, float]) -> tuple[str, float] | None:
         """(label, value) of the first entry's headline metric, for the progress line."""

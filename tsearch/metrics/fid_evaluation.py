@@ -49,6 +49,7 @@ class FIDEvaluation(Evaluation):
         start = time.perf_counter()
         images = generate_for_eval(model, schedule, seed, self.eval_cfg, self.setting)
         gen_seconds = time.perf_counter() - start
+        self.last_images = images[: names.GRID_IMAGES]
         fid = compute_fid(images.to(self.setting.device), self._extractor, self._ref,
                           batch_size=self.eval_cfg.batch_size)
         return {

@@ -321,6 +321,9 @@ def _evaluate(st: TrainState, evaluations: Evaluations, recorder: RunRecorder) -
     metrics = evaluations(st.ema, st.schedule, st.cfg.eval.seed)
     st.evals.append((st.kimg, metrics))
     recorder.record(metrics, st.images_seen)
+    images = evaluations.last_images()
+    if images is not None:
+        recorder.write_grid(st.kimg, images)
     return metrics
 
 

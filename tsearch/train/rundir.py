@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tsearch import names
 from tsearch.config import Config, save_resolved
@@ -167,6 +168,20 @@ class RunRecorder:
         # Written now, not at the end: a trial stopped by ASHA never reaches the end.
         np.savez(self.dir.timesteps, kimg=np.asarray(state.pt_history.kimgs),
                  probs=np.asarray(state.pt_history.matrix), **extra)
+
+    def write_grid(self, kimg: float, images: torch.Tensor) -> None:
+        """A PNG grid of this evaluation's first generated images, in the run dir and MLflow.
+
+        The images come from the first per-image seeds, the same in every trial and at every
+        evaluation, so grids compare across trials and over training.
+        """
+        from torchvision.utils import save_image
+
+        path = self.dir.grid(kimg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x = images.detach().float().cpu().clamp(-1, 1)
+        save_image((x + 1) / 2, path, nrow=8, padding=1, pad_value=1.0)
+        self.tracker.log_artifact(path, names.ARTIFACT_SAMPLES)
 
     def write_plots(self, state: TrainState) -> None:
         """Heatmap of p(t) and the FID curve (written even when the run failed)."""
